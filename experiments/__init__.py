@@ -1,0 +1,1 @@
+"""The user-facing layer: config schema, runner, CLI, validation and benchmark scripts."""

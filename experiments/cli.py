@@ -1,0 +1,177 @@
+"""`servesim` command line: estimate, run, catalog, roofline.
+
+Every user mistake surfaces as one line on stderr and exit code 2 (see `main`); tracebacks are for bugs.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from sim.errors import ServesimError
+
+app = typer.Typer(
+    name="servesim",
+    help="Simulate LLM-inference serving: price iterations with a roofline cost model, replay traffic "
+         "through vLLM-style replicas, and plan capacity.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+catalog_app = typer.Typer(help="List catalogue entries: GPUs, models, engine profiles, cost-model constants.",
+                          no_args_is_help=True)
+app.add_typer(catalog_app, name="catalog")
+
+
+def _print_json(obj) -> None:
+    typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+@app.command()
+def estimate(
+    model: str = typer.Option(..., "--model", "-m", help="Catalogue name, Hugging Face id, or path to a config.json."),
+    gpu: str = typer.Option(..., "--gpu", "-g", help="GPU name, e.g. h100-sxm-80gb or 'H100'."),
+    tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
+    batch: int = typer.Option(1, "--batch", "-b", help="Sequences in the batch."),
+    prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prefill: prompt tokens per sequence."),
+    context: Optional[int] = typer.Option(None, "--context", help="Decode: tokens already in each sequence's KV cache."),
+    phase: Optional[str] = typer.Option(None, "--phase", help="prefill or decode (default: prefill if --prompt-len)."),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="bf16, fp16, fp8, int8."),
+    engine: str = typer.Option("vllm", "--engine", help="Engine profile: vllm, trtllm, gpt-fast, ideal."),
+    naive_attention: bool = typer.Option(False, "--naive-attention", help="Price attention that materialises the score matrix."),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Price one prefill or decode iteration, op by op."""
+    from sim.estimate import estimate as run_estimate
+
+    est = run_estimate(model, gpu, tp=tp, batch=batch, prompt_len=prompt_len, context=context, phase=phase,
+                       weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
+                       flash_attention=not naive_attention)
+    if as_json:
+        _print_json(est.as_dict())
+        return
+    from experiments.tables import print_estimate
+
+    print_estimate(est)
+
+
+@app.command()
+def run(
+    config: Path = typer.Argument(..., help="Run config (YAML)."),
+    set_: list[str] = typer.Option([], "--set", help="Override a key: --set engine.max_num_seqs=64 (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write summary.json, requests.parquet, config.yaml here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+) -> None:
+    """Simulate a serving replica under a workload and summarise TTFT, TPOT, ITL, E2E and throughput."""
+    from experiments.runner import run as run_sim
+
+    result = run_sim(config, set_)
+    if out is not None:
+        result.write(out)
+    if as_json:
+        _print_json(result.summary)
+    else:
+        from experiments.tables import print_summary
+
+        print_summary(result.summary, out)
+
+
+@app.command()
+def schema() -> None:
+    """Print the JSON Schema of the run config (for editor validation and completion)."""
+    from experiments.config import config_schema
+
+    _print_json(config_schema())
+
+
+@catalog_app.command("gpus")
+def catalog_gpus(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """GPUs with peak FLOP/s, memory, bandwidth and ridge points."""
+    from experiments.tables import gpu_rows, print_rows
+
+    rows = gpu_rows()
+    _print_json(rows) if as_json else print_rows("GPUs", rows, ["name", "memory_gb", "memory_bw_gbps", "bf16_tflops",
+                                                                "fp8_tflops", "ridge_bf16", "scaleup", "price_per_hour"])
+
+
+@catalog_app.command("models")
+def catalog_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Models with parameters, active parameters and KV bytes per token."""
+    from experiments.tables import model_rows, print_rows
+
+    rows = model_rows()
+    _print_json(rows) if as_json else print_rows("Models", rows, ["name", "hf_id", "params_b", "active_params_b",
+                                                                  "kv_bytes_per_token", "attention", "layers"])
+
+
+@catalog_app.command("engines")
+def catalog_engines(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Engine profiles (per-step host overheads)."""
+    from dataclasses import asdict
+
+    from experiments.tables import print_rows
+    from sim.cost import list_engine_profiles
+
+    rows = [asdict(p) for p in list_engine_profiles()]
+    _print_json(rows) if as_json else print_rows("Engine profiles", rows, ["name", "step_overhead_s",
+                                                                           "per_seq_overhead_s", "description"])
+
+
+@catalog_app.command("constants")
+def catalog_constants(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every cost-model constant with value, unit and source."""
+    from experiments.tables import print_rows
+    from sim.cost import constants_table
+
+    rows = constants_table()
+    _print_json(rows) if as_json else print_rows("Cost-model constants", rows, ["name", "value", "unit", "source"])
+
+
+@app.command()
+def roofline(
+    model: str = typer.Option(..., "--model", "-m", help="Model name, HF id or config.json path."),
+    gpu: str = typer.Option(..., "--gpu", "-g", help="GPU name."),
+    tp: int = typer.Option(1, "--tp"),
+    batch: int = typer.Option(1, "--batch", "-b", help="Batch for both iterations."),
+    prompt_len: int = typer.Option(1024, "--prompt-len", help="Prompt tokens of the prefill iteration."),
+    context: int = typer.Option(1024, "--context", help="Context of the decode iteration."),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype"),
+    kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype"),
+    out: Path = typer.Option(Path("roofline.html"), "--out", "-o", help="HTML file to write."),
+) -> None:
+    """Write a plotly roofline chart placing the ops of a prefill and a decode iteration."""
+    from experiments.charts import roofline_figure
+    from sim.estimate import estimate as run_estimate
+
+    pre = run_estimate(model, gpu, tp=tp, batch=batch, prompt_len=prompt_len, weight_dtype=weight_dtype,
+                       kv_dtype=kv_dtype)
+    dec = run_estimate(model, gpu, tp=tp, batch=batch, context=context, weight_dtype=weight_dtype,
+                       kv_dtype=kv_dtype)
+    fig = roofline_figure(pre, dec)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.write_html(str(out), include_plotlyjs=True)
+    typer.echo(f"wrote {out}")
+
+
+def main() -> None:
+    """Console entry point: user errors become one line on stderr and exit code 2 (usage errors too)."""
+    from pydantic import ValidationError
+
+    try:
+        app()
+    except ServesimError as exc:
+        typer.echo(f"servesim: error: {exc}", err=True)
+        sys.exit(2)
+    except ValidationError as exc:
+        from experiments.config import format_validation_error
+
+        typer.echo(f"servesim: error: {format_validation_error(exc)}", err=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,203 @@
+"""The run configuration: one typed schema, validated once at the boundary.
+
+Every key has a default equal to vLLM V1's where vLLM has one (chunked prefill and prefix caching on,
+block size 16, gpu_memory_utilization 0.9, ...). Unknown keys are errors. `load_config` reads YAML
+safely (no Python object tags), applies dotted overrides (`engine.max_num_seqs=64`,
+`workload.stages[0].rate=8`) and validates.
+"""
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+
+from sim.errors import ConfigError
+from workloads.config import WorkloadConfig
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelConfig(_Model):
+    """Which model, and in which precision."""
+
+    name: str = Field(description="Catalogue name (`servesim catalog models`), Hugging Face id, or path to a config.json.")
+    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+        None, description="Weight precision; default: the model's (or its alias's) checkpoint dtype.")
+    kv_dtype: Literal["bf16", "fp16", "fp8", "int8"] | None = Field(
+        None, description="KV-cache precision; default: the activation dtype (bf16/fp16).")
+
+
+class HardwareConfig(_Model):
+    """The accelerator each replica runs on."""
+
+    gpu: str = Field("h100-sxm-80gb", description="GPU name (`servesim catalog gpus`); common spellings resolve.")
+    price_per_hour: PositiveFloat | None = Field(None, description="Override the catalogue's USD per GPU-hour.")
+
+
+class ParallelismConfig(_Model):
+    """How one replica is split across GPUs."""
+
+    tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
+
+
+class EngineSection(_Model):
+    """Engine knobs, named and defaulted as vLLM V1 names and defaults them."""
+
+    profile: str = Field("vllm", description="Engine profile for per-step host overhead: vllm, trtllm, gpt-fast, ideal.")
+    max_num_seqs: PositiveInt = Field(256, description="Most sequences running at once (vLLM --max-num-seqs).")
+    max_num_batched_tokens: PositiveInt = Field(
+        8192, description="Token budget of one step (vLLM --max-num-batched-tokens); the prefill chunk size.")
+    block_size: PositiveInt = Field(16, description="Tokens per KV block (vLLM --block-size).")
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use for weights, activations and KV.")
+    enable_chunked_prefill: bool = Field(True, description="Split long prompts across steps (vLLM V1 default on).")
+    enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prompt prefixes (V1 default on).")
+    max_model_len: PositiveInt | None = Field(
+        None, description="Longest sequence (prompt + output); default: the model's context length.")
+    preemption_mode: Literal["recompute"] = Field(
+        "recompute", description="What happens to a preempted request's KV: recompute (vLLM V1).")
+
+
+class SimSection(_Model):
+    """How the simulator itself runs."""
+
+    mode: Literal["fast", "iteration"] = Field(
+        "fast", description="fast: exact fast-forward over steady decode steps; iteration: one event per step (reference).")
+    progress: bool = Field(True, description="Show a progress bar on runs that take more than a couple of seconds.")
+
+
+class RunConfig(_Model):
+    """A single-replica serving experiment."""
+
+    model: ModelConfig = Field(description="The model: a name/id/path, or a mapping with dtypes.")
+    hardware: HardwareConfig = Field(default_factory=HardwareConfig, description="The GPU.")
+    parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="TP degree.")
+    engine: EngineSection = Field(default_factory=EngineSection, description="Engine knobs (vLLM names).")
+    scheduler: str = Field("vllm", description="Batching scheduler plugin (registry kind 'scheduler').")
+    workload: WorkloadConfig = Field(description="The traffic: poisson, shared_prefix or trace.")
+    seed: int = Field(0, description="Seed of every random stream in the run.")
+    sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
+
+    @field_validator("model", mode="before")
+    @classmethod
+    def _model_shorthand(cls, v: Any) -> Any:
+        return {"name": v} if isinstance(v, str) else v
+
+
+class _SafeLoader(yaml.SafeLoader):
+    """yaml.SafeLoader: Python object tags are refused, never constructed."""
+
+
+def read_yaml(path: str | Path) -> dict:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file {str(p)!r} not found")
+    try:
+        data = yaml.load(p.read_text(), Loader=_SafeLoader)  # noqa: S506 - SafeLoader subclass
+    except yaml.constructor.ConstructorError as exc:
+        raise ConfigError(f"{p}: unsupported YAML tag ({exc.problem}); configs are plain data, "
+                          f"remove the tag") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{p}:{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{p}: a config must be a mapping of keys (model, hardware, engine, workload, ...)")
+    return data
+
+
+_INDEX = re.compile(r"^([^\[\]]+)((?:\[\d+\])*)$")
+
+
+def set_dotted(data: dict, dotted: str, value: Any) -> None:
+    """Set `a.b[0].c` in nested dicts/lists, creating mappings as needed."""
+    parts = dotted.split(".")
+    node: Any = data
+    for i, part in enumerate(parts):
+        m = _INDEX.match(part)
+        if not m:
+            raise ConfigError(f"--set {dotted!r}: cannot parse {part!r}; use keys like engine.max_num_seqs or "
+                              f"workload.stages[0].rate")
+        key, idx = m.group(1), [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
+        last = i == len(parts) - 1
+        if not isinstance(node, dict):
+            raise ConfigError(f"--set {dotted!r}: {'.'.join(parts[:i])} is not a mapping")
+        if not idx:
+            if last:
+                node[key] = value
+            else:
+                if isinstance(node.get(key), str) and key == "model":
+                    node[key] = {"name": node[key]}
+                node = node.setdefault(key, {})
+            continue
+        seq = node.get(key)
+        for j, k in enumerate(idx):
+            if not isinstance(seq, list) or k >= len(seq):
+                raise ConfigError(f"--set {dotted!r}: {key} has no item [{k}]")
+            if last and j == len(idx) - 1:
+                seq[k] = value
+                return
+            parent, seq = seq, seq[k]
+        node = seq
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected dotted.key=value")
+    key, raw = item.split("=", 1)
+    try:
+        value = yaml.load(raw, Loader=_SafeLoader) if raw else ""  # noqa: S506
+    except yaml.YAMLError:
+        value = raw
+    return key.strip(), value
+
+
+def format_validation_error(exc: ValidationError) -> str:
+    """One line: the first offending field, what is wrong, and how to fix it."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        return f"config key {loc!r} is not known; remove it or check its spelling (see `servesim schema`)"
+    if kind == "missing":
+        return f"config key {loc!r} is required; add it"
+    if kind == "union_tag_invalid":
+        return f"config key {loc!r}: {err['msg']}"
+    more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"config key {loc!r}: {err['msg']}; got {err.get('input')!r}{more}"
+
+
+def validate_config(data: dict) -> RunConfig:
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc)) from None
+
+
+def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
+    """A validated RunConfig from a YAML path or a dict, with `--set`-style overrides applied."""
+    base = source.parent if isinstance(source, Path) else None
+    if isinstance(source, (str, Path)):
+        base = Path(source).resolve().parent
+        data = read_yaml(source)
+    else:
+        data = copy.deepcopy(source)
+    for item in overrides or []:
+        set_dotted(data, *parse_override(item))
+    wl = data.get("workload")
+    if base is not None and isinstance(wl, dict) and wl.get("type") == "trace" and isinstance(wl.get("path"), str):
+        p = Path(wl["path"])
+        if not p.is_absolute():
+            wl["path"] = str(base / p)
+    return validate_config(data)
+
+
+def config_schema() -> dict:
+    """JSON Schema of the run config (for editors and the reference docs)."""
+    return RunConfig.model_json_schema()

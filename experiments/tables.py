@@ -1,0 +1,92 @@
+"""Readable terminal tables (rich) for the CLI; JSON output bypasses this module."""
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+from sim.hardware import list_gpus
+from sim.models import list_models
+
+
+def _fmt(v) -> str:
+    if isinstance(v, float):
+        if v == 0:
+            return "0"
+        if abs(v) >= 1e4 or abs(v) < 1e-3:
+            return f"{v:.3g}"
+        return f"{v:.4g}"
+    return "" if v is None else str(v)
+
+
+def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+    table = Table(title=title)
+    for c in columns:
+        table.add_column(c, overflow="fold")
+    for r in rows:
+        table.add_row(*(_fmt(r.get(c)) for c in columns))
+    Console().print(table)
+
+
+def gpu_rows() -> list[dict]:
+    rows = []
+    for g in list_gpus():
+        peaks = {f"{d}_tflops": v for d, v in g.peak_tflops.items()}
+        ridges = {f"ridge_{d}": g.ridge_point(d) for d in g.peak_tflops if g.peak_tflops[d]}
+        rows.append({"name": g.name, "display_name": g.display_name, "vendor": g.vendor, "memory_gb": g.memory_gb,
+                     "usable_memory_gib": g.usable_memory_gib, "memory_bw_gbps": g.memory_bw_gbps, **peaks, **ridges,
+                     "l2_mb": g.l2_mb, "scaleup": g.scaleup, "scaleup_bw_gbps": g.scaleup_bw_gbps,
+                     "host_link": g.host_link, "tdp_w": g.tdp_w, "price_per_hour": g.price_per_hour,
+                     "source": g.source})
+    return rows
+
+
+def model_rows() -> list[dict]:
+    return [{"name": m.name, "hf_id": m.hf_id, "params_b": m.total_params / 1e9,
+             "active_params_b": m.active_params / 1e9, "kv_bytes_per_token": m.kv_bytes_per_token(2.0),
+             "attention": m.attention_type, "layers": m.num_layers, "hidden": m.hidden_size,
+             "experts": m.num_experts, "top_k": m.experts_per_token, "context": m.max_position_embeddings,
+             "default_weight_dtype": m.default_weight_dtype, "source": m.source} for m in list_models()]
+
+
+def print_estimate(est) -> None:
+    d = est.as_dict()
+    title = (f"{d['model']} on {d['tp']}x {d['gpu']} ({d['weight_dtype']} weights, {d['kv_dtype']} KV, "
+             f"engine {d['engine']}): {d['phase']} batch {d['batch']}"
+             + (f", prompt {d['prompt_len']}" if d["phase"] == "prefill" else f", context {d['context']}"))
+    table = Table(title=title)
+    for c in ("op", "time (ms)", "share", "GFLOP", "MB", "FLOP/byte", "bound"):
+        table.add_column(c, justify="right" if c not in ("op", "bound") else "left")
+    for op in d["breakdown"]:
+        table.add_row(op["name"], f"{op['time_s'] * 1e3:.3f}", f"{op['time_s'] / d['latency_s']:.0%}",
+                      f"{op['flops'] / 1e9:.2f}", f"{op['bytes'] / 1e6:.1f}",
+                      _fmt(op["intensity"]) if op["intensity"] is not None else "-", op["bound"])
+    table.add_row("total", f"{d['latency_s'] * 1e3:.3f}", "100%", f"{d['flops'] / 1e9:.2f}",
+                  f"{d['bytes'] / 1e6:.1f}", _fmt(d["intensity"]), d["bound"], style="bold")
+    console = Console()
+    console.print(table)
+    mem = d["memory"]
+    console.print(f"per GPU: {d['tokens_per_s']:.1f} tokens/s, MFU {d['mfu']:.1%}, MBU {d['mbu']:.1%}; "
+                  f"weights {mem['weights_gb']:.2f} GB, KV {mem['kv_bytes_per_token'] / 1024:.1f} KiB/token, "
+                  f"KV capacity {mem['max_kv_tokens']:,} tokens"
+                  + ("" if mem["kv_fits"] else "  [bold red]batch KV does not fit in memory[/]"))
+
+
+def print_summary(s: dict, out=None) -> None:
+    """The readable version of summary.json."""
+    table = Table(title=f"{s['deployment']['model']} on {s['deployment']['tp']}x {s['deployment']['gpu']} "
+                        f"({s['deployment']['scheduler']} scheduler)")
+    for c in ("metric", "mean", "p50", "p90", "p99"):
+        table.add_column(c, justify="left" if c == "metric" else "right")
+    for key, label in (("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)"), ("itl_s", "ITL (ms)"), ("e2e_s", "E2E (ms)")):
+        d = s[key]
+        table.add_row(label, *("-" if d[q] is None else f"{d[q] * 1e3:.1f}" for q in ("mean", "p50", "p90", "p99")))
+    console = Console()
+    console.print(table)
+    r, th, kv, sim = s["requests"], s["throughput"], s["kv"], s["sim"]
+    console.print(f"requests: {r['completed']:,}/{r['total']:,} completed ({r['dropped']} dropped); "
+                  f"throughput {_fmt(th['requests_per_s'])} req/s, {_fmt(th['output_tokens_per_s'])} output tok/s")
+    console.print(f"KV: prefix hit rate {kv['prefix_hit_rate']:.1%}, peak usage {kv['peak_usage']:.1%} of "
+                  f"{kv['capacity_tokens']:,} tokens; preemptions {s['preemptions']}; mean batch "
+                  f"{s['batch']['mean_running']:.1f}")
+    console.print(f"simulated {sim['simulated_time_s']:.1f} s in {sim['wall_time_s']:.2f} s wall "
+                  f"({sim['iterations']:,} iterations)" + (f"; outputs in {out}" if out else ""))

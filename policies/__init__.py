@@ -1,0 +1,1 @@
+"""Serving policies as registered plugins: batching schedulers, ordering, preemption, routing, ..."""

@@ -1,0 +1,466 @@
+"""Roofline cost model of one serving iteration.
+
+An iteration runs every layer over the batch's new tokens. For each op we count FLOPs and bytes
+moved from the batch shape, the model, the dtypes and the tensor-parallel shard, and price it as
+
+    t_op = max(flops / (peak * eff_compute(M)), bytes / (bandwidth * eff_memory)) + n_kernels * floor
+
+plus two all-reduces per layer under TP, and a per-step engine overhead (`EngineProfile`).
+Efficiencies are named constants in `KernelConstants`, each with the measurement it comes from;
+`constants_table()` lists them for the docs.
+
+Speed matters: the engine prices tens of thousands of iterations per run. A batch is summarised
+by a `BatchShape` of a few sums; everything that depends only on the model, GPU and dtypes is
+folded into per-op coefficients once (`CostModel.__init__`), the attention-free part of a step is
+cached by (tokens, sampled sequences), and attention is priced from two sums in plain floats.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from functools import lru_cache
+from importlib import resources
+
+import yaml
+
+from .errors import CatalogError, ConfigError, DeploymentError, did_you_mean
+from .hardware import DTYPE_BYTES, GPUSpec, get_link
+from .models import ModelSpec
+
+WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+KV_DTYPES = ("bf16", "fp16", "fp8", "int8")
+
+
+@dataclass(frozen=True, slots=True)
+class KernelConstants:
+    """Achieved fractions of peak and fixed per-kernel costs (all calibrated on ../shared/reference/).
+
+    The metadata of each field says where its value comes from; docs render it with `constants_table()`.
+    """
+
+    gemm_compute_eff: float = field(default=0.72, metadata={
+        "unit": "fraction of dense peak",
+        "source": "Vidur A100 linear-op profiles (Llama-2-7B, Llama-3-8B, TP 1-8), rows with >= 512 tokens: "
+                  "achieved FLOP/s of cuBLAS GEMMs; fitted by experiments/validation/fit_kernels.py"})
+    gemm_half_rows: float = field(default=24.0, metadata={
+        "unit": "tokens",
+        "source": "same profiles: GEMMs with few rows fill fewer tiles; eff(M) = eff * M / (M + half_rows)"})
+    mem_eff: float = field(default=0.80, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "same profiles, 1-16 token rows (weight streaming, memory-bound GEMV)"})
+    kernel_floor_s: float = field(default=4.0e-6, metadata={
+        "unit": "s per kernel",
+        "source": "same profiles: intercept of time vs weight bytes at 1 token (launch + tail of a kernel)"})
+    attn_decode_mem_eff: float = field(default=0.87, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "Vidur A100 decode-attention points (Llama-2-7B, batch 32-128, context ~1.7k): KV bytes / time"})
+    attn_prefill_compute_eff: float = field(default=0.30, metadata={
+        "unit": "fraction of dense peak",
+        "source": "Vidur A100 prefill-attention points (chunks 64-288 over context 0-4k): causal FLOPs / time"})
+    elementwise_mem_eff: float = field(default=0.60, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "norm/activation kernels reach less bandwidth than GEMV; Vidur A100 per-layer totals minus GEMMs"})
+    int8_weight_only_mem_eff: float = field(default=0.64, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV)"})
+    int4_weight_only_mem_eff: float = field(default=0.45, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV)"})
+    allreduce_latency_s: float = field(default=25.0e-6, metadata={
+        "unit": "s per all-reduce",
+        "source": "Vidur A100 DGX NCCL all-reduce table (2/4/8 GPUs in one node): intercept of time vs bytes"})
+    moe_expert_mem_eff: float = field(default=0.70, metadata={
+        "unit": "fraction of peak bandwidth",
+        "source": "grouped expert GEMMs stream many small weight matrices; gpt-fast Mixtral-8x7B rows"})
+
+
+CONSTANTS = KernelConstants()
+
+
+def constants_table(constants: KernelConstants = CONSTANTS) -> list[dict]:
+    """Every cost-model constant with value, unit and source (for docs and `servesim catalog`)."""
+    return [{"name": f.name, "value": getattr(constants, f.name), "unit": f.metadata["unit"],
+             "source": f.metadata["source"]} for f in fields(constants)]
+
+
+@dataclass(frozen=True, slots=True)
+class EngineProfile:
+    """Host-side cost of a serving step, which the roofline cannot see (see sim/catalog/engines.yaml)."""
+
+    name: str
+    description: str
+    step_overhead_s: float
+    per_seq_overhead_s: float
+    per_prefill_seq_overhead_s: float
+    cuda_graphs: bool
+    kernel_launch_s: float
+    source: str
+    roofline_only: bool = False
+
+
+@lru_cache(maxsize=1)
+def _engine_profiles() -> dict[str, EngineProfile]:
+    text = (resources.files("sim") / "catalog" / "engines.yaml").read_text()
+    return {name: EngineProfile(name=name, **entry) for name, entry in yaml.safe_load(text).items()}
+
+
+def list_engine_profiles() -> list[EngineProfile]:
+    return list(_engine_profiles().values())
+
+
+def get_engine_profile(name: str) -> EngineProfile:
+    profiles = _engine_profiles()
+    try:
+        return profiles[name.lower()]
+    except KeyError:
+        raise CatalogError(f"unknown engine profile {name!r}; choose one of: {', '.join(profiles)}"
+                           f"{did_you_mean(name, profiles)}") from None
+
+
+@dataclass(slots=True)
+class BatchShape:
+    """One iteration's work, as the few sums the cost model needs.
+
+    tokens: new tokens in the step (prefill chunks + one per decoding sequence);
+    sampled: sequences that produce a token this step (decodes and prefills that finish);
+    prefill_attn: sum over prefilling sequences of q * (c + (q + 1) / 2), the causal score count / heads;
+    prefill_kv: sum over prefilling sequences of (c + q), KV tokens their attention reads;
+    prefill_tokens, prefill_seqs: new prompt tokens and sequences with prompt tokens in the step;
+    decode_seqs: sequences decoding one token; decode_ctx: sum of (c + 1) over them.
+    """
+
+    tokens: int = 0
+    sampled: int = 0
+    prefill_attn: float = 0.0
+    prefill_kv: int = 0
+    prefill_tokens: int = 0
+    prefill_seqs: int = 0
+    decode_seqs: int = 0
+    decode_ctx: int = 0
+
+    @classmethod
+    def prefill(cls, batch: int, prompt_len: int, context: int = 0) -> "BatchShape":
+        q, c = prompt_len, context
+        return cls(tokens=batch * q, sampled=batch, prefill_attn=batch * q * (c + (q + 1) / 2),
+                   prefill_kv=batch * (c + q), prefill_tokens=batch * q, prefill_seqs=batch)
+
+    @classmethod
+    def decode(cls, batch: int, context: int) -> "BatchShape":
+        return cls(tokens=batch, sampled=batch, decode_seqs=batch, decode_ctx=batch * (context + 1))
+
+    def add_prefill(self, new_tokens: int, context: int, samples: bool) -> None:
+        self.tokens += new_tokens
+        self.prefill_tokens += new_tokens
+        self.prefill_seqs += 1
+        self.prefill_attn += new_tokens * (context + (new_tokens + 1) / 2)
+        self.prefill_kv += context + new_tokens
+        if samples:
+            self.sampled += 1
+
+    def add_decode(self, context: int) -> None:
+        self.tokens += 1
+        self.sampled += 1
+        self.decode_seqs += 1
+        self.decode_ctx += context + 1
+
+
+@dataclass(frozen=True, slots=True)
+class OpCost:
+    """One op of an iteration, summed over layers: what `servesim estimate` prints per row."""
+
+    name: str
+    time_s: float
+    flops: float
+    bytes: float
+    bound: str          # "compute" | "memory" | "latency" | "network"
+
+    @property
+    def intensity(self) -> float:
+        return self.flops / self.bytes if self.bytes else float("inf")
+
+
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    """A per-step op whose FLOPs and bytes are linear in (tokens, sampled): coefficients folded once."""
+
+    name: str
+    count: int                 # how many times per step (layers)
+    flops_per_token: float
+    flops_per_sample: float
+    weight_bytes: float        # read once per step regardless of batch
+    bytes_per_token: float
+    bytes_per_sample: float
+    compute_peak: float        # FLOP/s at full efficiency for this op's dtype
+    bandwidth: float           # achievable bytes/s (efficiency folded in)
+    kernels: int               # kernels per occurrence
+    gemm: bool                 # compute efficiency depends on rows (tokens)
+    moe_experts: int = 0       # >0: weights of only the experts the batch touches are read
+    moe_top_k: int = 0
+
+
+class CostModel:
+    """Prices iterations of one model replica (TP shard) on one GPU type."""
+
+    def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str | None = None,
+                 kv_dtype: str | None = None, engine: str | EngineProfile = "vllm",
+                 act_dtype: str = "bf16", constants: KernelConstants = CONSTANTS,
+                 flash_attention: bool = True) -> None:
+        self.model, self.gpu, self.tp = model, gpu, tp
+        self.weight_dtype = (weight_dtype or model.default_weight_dtype).lower()
+        self.kv_dtype = (kv_dtype or ("bf16" if self.weight_dtype in ("int8", "int4", "fp8") else
+                                      self.weight_dtype if self.weight_dtype in KV_DTYPES else "bf16")).lower()
+        self.act_dtype = act_dtype
+        self.engine = engine if isinstance(engine, EngineProfile) else get_engine_profile(engine)
+        self.k = constants
+        self.flash_attention = flash_attention
+        _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
+        ideal = self.engine.roofline_only
+        self._ideal = ideal
+        self._floor = 0.0 if ideal else (constants.kernel_floor_s if self.engine.cuda_graphs
+                                         else max(constants.kernel_floor_s, self.engine.kernel_launch_s))
+        self._half_rows = 0.0 if ideal else constants.gemm_half_rows
+        self._ops = self._build_linear_ops()
+        self._attn = self._attention_coefficients()
+        self._collective = self._allreduce_coefficients()
+        self._cache: dict[tuple[int, int], float] = {}
+
+    # ----------------------------------------------------------------- set-up
+    def _eff(self, value: float) -> float:
+        return 1.0 if self._ideal else value
+
+    def _compute_dtype(self) -> str:
+        """GEMMs run at fp8 only when weights are fp8 and the part has fp8 units (W8A8); otherwise
+        weight-only formats are dequantised into the activation dtype."""
+        if self.weight_dtype == "fp8" and self.gpu.peak_tflops.get("fp8"):
+            return "fp8"
+        return self.act_dtype
+
+    def _weight_bandwidth(self) -> float:
+        eff = {"int8": self.k.int8_weight_only_mem_eff, "int4": self.k.int4_weight_only_mem_eff}.get(
+            self.weight_dtype, self.k.mem_eff)
+        if self.weight_dtype == "fp8" and not self.gpu.peak_tflops.get("fp8"):
+            eff = self.k.int8_weight_only_mem_eff          # fp8 weight-only (Marlin-style) on pre-Hopper parts
+        return self.gpu.memory_bw * self._eff(eff)
+
+    def _build_linear_ops(self) -> list[_Linear]:
+        m, t = self.model, self.tp
+        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)  # g32 scales
+        ab = DTYPE_BYTES[self.act_dtype]
+        peak = self.gpu.peak_flops(self._compute_dtype())
+        wbw = self._weight_bandwidth()
+        ew_bw = self.gpu.memory_bw * self._eff(self.k.elementwise_mem_eff)
+        h, L = m.hidden_size, m.num_layers
+        ops: list[_Linear] = []
+
+        def gemm(name, count, k_in, n_out, kernels=1):
+            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb, (k_in + n_out) * ab, 0.0,
+                               peak, wbw, kernels, True))
+
+        if m.attention_type == "mla":
+            qkv_params = m.attention_params_per_layer - m.num_heads * m.v_head_dim * h
+            gemm("qkv_proj", L, h, qkv_params / h / t, kernels=3)
+            gemm("o_proj", L, m.num_heads * m.v_head_dim / t, h)
+        else:
+            kv_heads = max(1, m.num_kv_heads // t) if m.num_kv_heads >= t else 1
+            gemm("qkv_proj", L, h, (m.num_heads / t + 2 * kv_heads) * m.head_dim)
+            gemm("o_proj", L, m.num_heads * m.head_dim / t, h)
+        mats = 2 if m.ffn_type == "gelu" else 3
+        dense_layers = m.num_dense_layers
+        if dense_layers:
+            inter = m.intermediate_size / t
+            gemm("mlp_up_gate", dense_layers, h, (mats - 1) * inter)
+            gemm("mlp_down", dense_layers, inter, h)
+        if m.is_moe:
+            moe_layers = m.num_moe_layers
+            ops.append(_Linear("moe_router", moe_layers, 2.0 * h * m.num_experts, 0.0, h * m.num_experts * ab,
+                               h * ab, 0.0, peak, self.gpu.memory_bw * self._eff(self.k.mem_eff), 1, True))
+            e_inter = m.moe_intermediate_size / t
+            expert_bw = self.gpu.memory_bw * self._eff(min(self.k.moe_expert_mem_eff, wbw / self.gpu.memory_bw))
+            ops.append(_Linear("moe_experts", moe_layers, m.experts_per_token * 2.0 * mats * h * e_inter, 0.0,
+                               mats * h * e_inter * wb, m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
+                               peak, expert_bw, 3, True, m.num_experts, m.experts_per_token))
+            shared = m.shared_expert_intermediate_size or m.num_shared_experts * m.moe_intermediate_size
+            if shared:
+                gemm("moe_shared_expert", moe_layers, h, mats * shared / t, kernels=2)
+        # norms (2/layer), activation, residual, rotary, KV-cache write: memory-bound elementwise work
+        kv_write = self.kv_bytes_per_token_per_gpu / L
+        inter_act = (m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size) / t
+        ops.append(_Linear("elementwise", L, 12.0 * h, 0.0, 0.0, (6 * h + 3 * inter_act) * ab + kv_write, 0.0,
+                           peak, ew_bw, 4, False))
+        # once per step: embedding gather, final norm, LM head on sampled rows, sampling over the vocab
+        ops.append(_Linear("embedding", 1, 0.0, 0.0, 0.0, 2 * h * ab, 0.0, peak, ew_bw, 2, False))
+        vocab = m.vocab_size / t
+        lm_wb = DTYPE_BYTES[self.act_dtype] if self.weight_dtype in ("int4",) else wb
+        ops.append(_Linear("lm_head", 1, 0.0, 2.0 * h * vocab, h * vocab * lm_wb, 0.0, (h + vocab) * ab,
+                           peak, wbw, 1, True))
+        ops.append(_Linear("sampling", 1, 0.0, 5.0 * m.vocab_size, 0.0, 0.0, 3 * 4.0 * m.vocab_size,
+                           peak, ew_bw, 3, False))
+        return ops
+
+    def _attention_coefficients(self) -> tuple[float, ...]:
+        m, t = self.model, self.tp
+        ab = DTYPE_BYTES[self.act_dtype]
+        heads = m.num_heads / t
+        if m.attention_type == "mla":
+            qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim
+            prefill_flops = 2.0 * heads * (qk_dim + m.v_head_dim)            # per (query, key) pair
+            decode_flops = 2.0 * heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim)   # absorbed MLA
+            q_bytes = 2 * heads * qk_dim * ab
+        else:
+            prefill_flops = decode_flops = 4.0 * heads * m.head_dim
+            q_bytes = 2 * heads * m.head_dim * ab
+        kv_tok = self.kv_bytes_per_token_per_gpu / m.num_layers
+        peak = self.gpu.peak_flops(self.act_dtype)
+        bw = self.gpu.memory_bw
+        # naive (non-flash) attention writes the score matrix and reads it back, once for softmax
+        self._score_bytes = 0.0 if self.flash_attention else 2 * 2 * heads * ab
+        return (prefill_flops, decode_flops, kv_tok, q_bytes,
+                peak * self._eff(self.k.attn_prefill_compute_eff), bw * self._eff(self.k.mem_eff),
+                peak, bw * self._eff(self.k.attn_decode_mem_eff))
+
+    def _allreduce_coefficients(self) -> tuple[float, float]:
+        """(latency, seconds per byte) of one ring all-reduce over the scale-up link; (0, 0) without TP."""
+        n = self.tp
+        if n == 1:
+            return 0.0, 0.0
+        link = self.gpu.scaleup or self.gpu.host_link
+        spec = get_link(link)
+        bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
+        latency = 0.0 if self._ideal else self.k.allreduce_latency_s
+        return latency, 2.0 * (n - 1) / n / bw
+
+    # ----------------------------------------------------------------- memory
+    @property
+    def weight_bytes_per_gpu(self) -> float:
+        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
+        return self.model.total_params * wb / self.tp
+
+    @property
+    def kv_bytes_per_token_per_gpu(self) -> float:
+        """KV bytes one token occupies on each GPU of the TP group (KV heads are replicated when TP > heads)."""
+        m = self.model
+        kb = DTYPE_BYTES[self.kv_dtype]
+        if m.attention_type == "mla":
+            return m.kv_bytes_per_token(kb)                 # the latent is replicated on every rank
+        shards = min(self.tp, m.num_kv_heads)
+        return m.kv_bytes_per_token(kb) / shards
+
+    # ----------------------------------------------------------------- pricing
+    def _linear_time(self, tokens: int, sampled: int) -> float:
+        """Time of every op but attention and engine overhead; cached (decode runs repeat shapes)."""
+        key = (tokens, sampled)
+        t = self._cache.get(key)
+        if t is None:
+            t = sum(self._op_cost(op, tokens, sampled).time_s for op in self._ops)
+            lat, per_byte = self._collective
+            if per_byte:
+                t += 2 * self.model.num_layers * (lat + tokens * self.model.hidden_size
+                                                  * DTYPE_BYTES[self.act_dtype] * per_byte)
+            self._cache[key] = t
+        return t
+
+    def _op_cost(self, op: _Linear, tokens: int, sampled: int) -> OpCost:
+        flops = op.flops_per_token * tokens + op.flops_per_sample * sampled
+        rows = tokens if op.flops_per_token else sampled
+        weights = op.weight_bytes
+        if op.moe_experts:
+            touched = op.moe_experts * (1.0 - (1.0 - op.moe_top_k / op.moe_experts) ** max(rows, 0))
+            weights = op.weight_bytes * touched
+        nbytes = weights + op.bytes_per_token * tokens + op.bytes_per_sample * sampled
+        if rows <= 0:
+            return OpCost(op.name, 0.0, 0.0, 0.0, "latency")
+        eff_rows = rows / op.moe_experts * op.moe_top_k if op.moe_experts else rows
+        compute_rate = op.compute_peak * (self._eff(self.k.gemm_compute_eff) * eff_rows / (eff_rows + self._half_rows)
+                                          if op.gemm else self._eff(self.k.gemm_compute_eff))
+        tc = flops / compute_rate
+        tm = nbytes / op.bandwidth
+        floor = op.kernels * self._floor
+        t = max(tc, tm) + floor
+        bound = "compute" if tc >= tm else "memory"
+        if floor > max(tc, tm):
+            bound = "latency"
+        return OpCost(op.name, op.count * t, op.count * flops, op.count * nbytes, bound)
+
+    def step_time(self, b: BatchShape) -> float:
+        """Seconds for one iteration of batch `b`, engine overhead included."""
+        if b.tokens == 0:
+            return 0.0
+        t = self._linear_time(b.tokens, b.sampled)
+        pf, df, kv_tok, q_bytes, p_rate, p_bw, d_rate, d_bw = self._attn
+        L = self.model.num_layers
+        floor = self._floor
+        if b.prefill_seqs:
+            t += L * (max(pf * b.prefill_attn / p_rate, (b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes
+                                                         + b.prefill_attn * self._score_bytes) / p_bw) + floor)
+        if b.decode_seqs:
+            t += L * (max(df * b.decode_ctx / d_rate, (b.decode_ctx * kv_tok + b.decode_seqs * q_bytes) / d_bw)
+                      + floor)
+        e = self.engine
+        return (t + e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
+                + e.per_prefill_seq_overhead_s * b.prefill_seqs)
+
+    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int, extra: BatchShape | None = None):
+        """Times of `steps` consecutive pure-decode iterations of `seqs` sequences whose context sum starts
+        at `ctx_sum` (sum of c + 1) and grows by `seqs` per step. Returns a numpy array.
+
+        The arithmetic is the one `step_time` does, element by element, so a fast-forward over these
+        steps lands on exactly the timestamps the per-iteration loop would produce.
+        """
+        import numpy as np
+
+        base = self._linear_time(seqs, seqs)
+        _, df, kv_tok, q_bytes, _, _, d_rate, d_bw = self._attn
+        ctx = ctx_sum + seqs * np.arange(steps, dtype=np.float64)
+        L = self.model.num_layers
+        attn = L * (np.maximum(df * ctx / d_rate, (ctx * kv_tok + seqs * q_bytes) / d_bw) + self._floor)
+        e = self.engine
+        return (base + attn + e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0)
+
+    def breakdown(self, b: BatchShape) -> list[OpCost]:
+        """Per-op costs of one iteration (summed over layers), in execution order, for `estimate`."""
+        rows = [self._op_cost(op, b.tokens, b.sampled) for op in self._ops]
+        pf, df, kv_tok, q_bytes, p_rate, p_bw, d_rate, d_bw = self._attn
+        L = self.model.num_layers
+        attn_rows = []
+        if b.prefill_seqs:
+            fl = pf * b.prefill_attn
+            by = b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes + b.prefill_attn * self._score_bytes
+            tc, tm = fl / p_rate, by / p_bw
+            attn_rows.append(OpCost("attention_prefill", L * (max(tc, tm) + self._floor), L * fl, L * by,
+                                    "compute" if tc >= tm else "memory"))
+        if b.decode_seqs:
+            fl = df * b.decode_ctx
+            by = b.decode_ctx * kv_tok + b.decode_seqs * q_bytes
+            tc, tm = fl / d_rate, by / d_bw
+            attn_rows.append(OpCost("attention_decode", L * (max(tc, tm) + self._floor), L * fl, L * by,
+                                    "compute" if tc >= tm else "memory"))
+        out = rows[:1] + attn_rows + rows[1:]
+        lat, per_byte = self._collective
+        if per_byte:
+            msg = b.tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
+            out.append(OpCost("tp_allreduce", 2 * self.model.num_layers * (lat + msg * per_byte), 0.0,
+                              2 * self.model.num_layers * msg, "network"))
+        e = self.engine
+        overhead = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
+                    + e.per_prefill_seq_overhead_s * b.prefill_seqs)
+        if overhead:
+            out.append(OpCost("engine_overhead", overhead, 0.0, 0.0, "latency"))
+        return [r for r in out if r.time_s > 0 or r.flops > 0]
+
+
+def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str) -> None:
+    if tp < 1:
+        raise ConfigError(f"parallelism.tp must be >= 1, got {tp}")
+    if model.num_heads % tp:
+        raise DeploymentError(f"tp={tp} does not divide {model.name}'s {model.num_heads} attention heads; "
+                              f"use a tp that divides {model.num_heads}")
+    if model.attention_type != "mla" and model.num_kv_heads % tp and tp % model.num_kv_heads:
+        raise DeploymentError(f"tp={tp} does not divide {model.name}'s {model.num_kv_heads} KV heads "
+                              f"(nor is a multiple of it); choose another tp")
+    if weight_dtype not in WEIGHT_DTYPES:
+        raise ConfigError(f"model.weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
+    if kv_dtype not in KV_DTYPES:
+        raise ConfigError(f"model.kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+
+
+__all__ = ["BatchShape", "CostModel", "EngineProfile", "KernelConstants", "OpCost", "CONSTANTS",
+           "constants_table", "get_engine_profile", "list_engine_profiles"]

@@ -1,0 +1,313 @@
+"""The serving engine: one SimPy process per model replica, running batch iterations.
+
+Each iteration the scheduler policy picks the batch (`policies.batching`), the KV manager
+allocates its blocks (`sim.kvcache`), the cost model prices it (`sim.cost`) and the process sleeps
+for that long; then requests advance through the state machine of `sim.request`.
+
+Fast-forward (exact): when the scheduler says the batch is *steady* (every running request decodes
+one token per step and nobody can join), the steps up to the next change (a request finishing,
+a KV block shortage that could force preemption) are priced at once with `CostModel.decode_run_times`
+and the process sleeps for all of them. An arrival during such a run interrupts it; the run is
+cut at the end of the step in progress, where the per-iteration loop would have seen the arrival
+too. Blocks are allocated in the same order as step by step, so both modes give the same
+timestamps (`mode="iteration"` keeps the reference loop; tests compare them).
+"""
+from __future__ import annotations
+
+from array import array
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+import simpy
+
+from .cost import BatchShape, CostModel
+from .kvcache import KVCacheManager
+from .request import FINISHED, PREEMPTED, RUNNING, WAITING, Request
+
+# Longest fast-forward run, in steps: bounds the size of the vectorised pricing arrays.
+MAX_RUN_STEPS = 4096
+
+
+@dataclass(frozen=True, slots=True)
+class EngineConfig:
+    """Engine knobs, named as vLLM names them (validated in experiments.config)."""
+
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    block_size: int = 16
+    enable_chunked_prefill: bool = True
+    enable_prefix_caching: bool = True
+    max_model_len: int = 4096
+    preemption_mode: str = "recompute"
+
+
+class RequestLog:
+    """Per-request records as compact columns (arrays of doubles/ints), not objects."""
+
+    COLUMNS = ("request_id", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
+               "input_tokens", "output_tokens", "cached_tokens", "preemptions", "recomputed_tokens", "stage")
+    _TYPES = "qqddddqqqqqq"
+
+    def __init__(self) -> None:
+        self.cols = {c: array(t) for c, t in zip(self.COLUMNS, self._TYPES)}
+
+    def add(self, r: Request) -> None:
+        c = self.cols
+        c["request_id"].append(r.id)
+        c["replica"].append(r.replica)
+        c["arrival_s"].append(r.arrival)
+        c["first_scheduled_s"].append(r.first_scheduled)
+        c["first_token_s"].append(r.first_token)
+        c["finish_s"].append(r.finish)
+        c["input_tokens"].append(r.prompt_len)
+        c["output_tokens"].append(r.generated)
+        c["cached_tokens"].append(r.cached_tokens)
+        c["preemptions"].append(r.preemptions)
+        c["recomputed_tokens"].append(r.recomputed_tokens)
+        c["stage"].append(r.stage)
+
+    def __len__(self) -> int:
+        return len(self.cols["request_id"])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {k: np.frombuffer(v, dtype=np.float64 if v.typecode == "d" else np.int64) if len(v) else
+                np.zeros(0, dtype=np.float64 if v.typecode == "d" else np.int64) for k, v in self.cols.items()}
+
+
+class StepLog:
+    """Online per-iteration aggregates: step durations weighted by the inter-token gaps they create."""
+
+    def __init__(self) -> None:
+        self.itl = array("d")          # duration of a step that emitted non-first tokens
+        self.itl_weight = array("q")   # how many non-first tokens it emitted
+        self.iterations = 0
+        self.busy_s = 0.0
+        self.tokens = 0
+        self.batch_sum = 0              # sum over steps of running sequences (mean batch size)
+        self.peak_kv_usage = 0.0
+        self.preemptions = 0
+
+
+class Replica:
+    """One model replica (a TP group) serving requests with a batching scheduler."""
+
+    def __init__(self, env: simpy.Environment, index: int, cost: CostModel, kv: KVCacheManager,
+                 engine: EngineConfig, scheduler, log: RequestLog, mode: str = "fast") -> None:
+        self.env, self.index, self.cost, self.kv, self.engine = env, index, cost, kv, engine
+        self.scheduler = scheduler
+        self.log = log
+        self.steps = StepLog()
+        self.waiting: deque[Request] = deque()
+        self.running: list[Request] = []
+        self.fast = mode == "fast"
+        self.clock = 0.0                    # exact end time of the last step (our own float, not env.now)
+        self._wake = env.event()
+        self._run_ends: np.ndarray | None = None   # cumulative end times of an interruptible run
+        self.proc = env.process(self._loop())
+
+    # ------------------------------------------------------------ arrivals and policy hooks
+    def enqueue(self, req: Request) -> None:
+        req.replica = self.index
+        if self.engine.enable_prefix_caching and req.segments is not None:
+            req.hashes = self.kv.block_hashes(req.segments, req.prompt_len)
+        self.waiting.append(req)
+        if not self._wake.triggered:
+            self._wake.succeed()
+        elif self._run_ends is not None:
+            self._run_ends = None
+            self.proc.interrupt()
+
+    @property
+    def outstanding(self) -> int:
+        return len(self.waiting) + len(self.running)
+
+    def prefix_hits(self, req: Request) -> int:
+        if not self.engine.enable_prefix_caching or not req.hashes:
+            return 0
+        return self.kv.lookup(req.hashes, req.num_tokens)
+
+    def admit(self, req: Request, hits: int) -> None:
+        if req.first_scheduled < 0:
+            req.first_scheduled = self.clock
+            req.cached_tokens = hits
+        else:
+            req.recomputed_tokens += req.num_tokens - hits
+        req.num_computed = hits
+        req.state = RUNNING
+        self.running.append(req)
+
+    def preempt(self, req: Request) -> None:
+        """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
+        self.running.remove(req)
+        if self.engine.enable_prefix_caching:
+            segs = (req.segments or ((("req", req.id), req.prompt_len),)) + ((("out", req.id), req.generated),)
+            req.hashes = self.kv.block_hashes(segs, req.num_computed)
+        self.kv.free(req.id, req.hashes)
+        req.num_computed = 0
+        req.state = PREEMPTED
+        req.preemptions += 1
+        self.steps.preemptions += 1
+        self.waiting.appendleft(req)
+
+    # ------------------------------------------------------------ the loop
+    def _loop(self):
+        env = self.env
+        while True:
+            if not self.waiting and not self.running:
+                self._wake = env.event()
+                yield self._wake
+                self.clock = env.now
+            if self.fast and self.running and self.scheduler.steady(self):
+                k = self._run_length()
+                if k >= 2:
+                    yield from self._decode_run(k)
+                    continue
+            batch = self.scheduler.schedule(self)
+            if not batch:
+                # nothing fits (e.g. every waiting request needs more KV than exists): wait for a change
+                self._wake = env.event()
+                yield self._wake
+                self.clock = max(self.clock, env.now)
+                continue
+            shape = BatchShape()
+            for req, n in batch:
+                if req.generated and req.num_tokens - req.num_computed == 1:
+                    shape.add_decode(req.num_computed)
+                else:
+                    shape.add_prefill(n, req.num_computed, req.num_computed + n == req.num_tokens)
+            dt = self.cost.step_time(shape)
+            end = self.clock + dt
+            yield env.timeout(end - env.now)
+            self.clock = end
+            self._finish_step(batch, dt, end)
+
+    def _finish_step(self, batch, dt: float, end: float) -> None:
+        st = self.steps
+        st.iterations += 1
+        st.busy_s += dt
+        st.batch_sum += len(batch)
+        gaps = 0
+        done = []
+        for req, n in batch:
+            st.tokens += n
+            req.num_computed += n
+            if req.num_computed == req.num_tokens:
+                if req.generated:
+                    gaps += 1
+                req.generated += 1
+                req.num_tokens += 1
+                if req.first_token < 0:
+                    req.first_token = end
+                if req.generated >= req.output_len:
+                    done.append(req)
+        if gaps:
+            st.itl.append(dt)
+            st.itl_weight.append(gaps)
+        usage = self.kv.usage
+        if usage > st.peak_kv_usage:
+            st.peak_kv_usage = usage
+        for req in done:
+            self._complete(req, end)
+
+    def _complete(self, req: Request, end: float) -> None:
+        req.finish = end
+        req.state = FINISHED
+        self.running.remove(req)
+        self.kv.free(req.id)
+        self.log.add(req)
+
+    # ------------------------------------------------------------ fast-forward
+    def _run_length(self) -> int:
+        """Steps the steady batch can run before a request finishes or KV blocks could run short."""
+        running = self.running
+        bs = self.engine.block_size
+        k = MAX_RUN_STEPS
+        min_slack = bs
+        kv = self.kv
+        for req in running:
+            left = req.output_len - req.generated
+            if left < k:
+                k = left
+            slack = kv.num_blocks_of(req.id) * bs - req.num_computed
+            if slack < min_slack:
+                min_slack = slack
+        k_kv = (kv.num_free_blocks // len(running)) * bs + min_slack
+        return min(k, k_kv)
+
+    def _decode_run(self, k: int):
+        env = self.env
+        running = list(self.running)
+        seqs = len(running)
+        ctx_sum = 0
+        for req in running:
+            ctx_sum += req.num_computed + 1
+        times = self.cost.decode_run_times(seqs, ctx_sum, k)
+        ends = np.cumsum(np.concatenate(([self.clock], times)))[1:]
+        self._run_ends = ends
+        try:
+            yield env.timeout(ends[-1] - env.now)
+            done = k
+        except simpy.Interrupt:
+            # an arrival: finish the step in progress, where the per-iteration loop would look again
+            j = int(np.searchsorted(ends, env.now, side="left"))
+            done = min(j + 1, k)
+            yield env.timeout(max(ends[done - 1] - env.now, 0.0))
+        self._run_ends = None
+        self._apply_run(running, times[:done], ends[:done])
+
+    def _apply_run(self, running: list[Request], times: np.ndarray, ends: np.ndarray) -> None:
+        steps = len(times)
+        kv = self.kv
+        bs = self.engine.block_size
+        # allocate blocks in the order the per-iteration loop would: by step, then by running order
+        grows = []
+        for order, req in enumerate(running):
+            have = kv.num_blocks_of(req.id) * bs
+            c = req.num_computed
+            j = have - c + 1                       # first step whose slot falls outside the held blocks
+            while j <= steps:
+                grows.append((j, order, req))
+                j += bs
+        if grows:
+            grows.sort(key=lambda g: (g[0], g[1]))
+            for j, _, req in grows:
+                if not kv.grow(req.id, req.num_computed + j, req.hashes):
+                    raise RuntimeError("fast-forward ran out of KV blocks; _run_length is wrong")
+        end = float(ends[-1])
+        st = self.steps
+        st.iterations += steps
+        st.busy_s += float(times.sum())
+        st.batch_sum += steps * len(running)
+        st.tokens += steps * len(running)
+        st.itl.extend(times.tolist())
+        st.itl_weight.extend([len(running)] * steps)
+        usage = kv.usage
+        if usage > st.peak_kv_usage:
+            st.peak_kv_usage = usage
+        done = []
+        for req in running:
+            req.num_computed += steps
+            req.generated += steps
+            req.num_tokens += steps
+            if req.generated >= req.output_len:
+                done.append(req)
+        self.clock = end
+        for req in done:
+            self._complete(req, end)
+
+
+def drive_arrivals(env: simpy.Environment, requests, route, on_arrival=None):
+    """SimPy process feeding requests (an iterable of RequestSpec in arrival order) to `route(req)`."""
+    for spec in requests:
+        if spec.arrival_s > env.now:
+            yield env.timeout(spec.arrival_s - env.now)
+        req = Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
+                      spec.session_id, spec.stage)
+        if on_arrival is not None:
+            on_arrival(req)
+        route(req)
+
+
+__all__ = ["EngineConfig", "Replica", "RequestLog", "StepLog", "drive_arrivals", "MAX_RUN_STEPS",
+           "WAITING", "RUNNING"]

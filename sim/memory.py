@@ -1,0 +1,65 @@
+"""GPU memory of a replica: weights, activation workspace, and how many KV blocks fit, as vLLM computes it.
+
+vLLM takes `gpu_memory_utilization` of the device's memory, subtracts the weights, the peak
+activation of a profiling forward pass over `max_num_batched_tokens` tokens, and memory outside
+PyTorch's allocator (CUDA context, NCCL and cuBLAS workspaces, CUDA graphs); what remains is cut
+into KV blocks of `block_size` tokens.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+from .cost import CostModel
+from .errors import DeploymentError
+from .hardware import DTYPE_BYTES
+
+GIB = 2**30
+
+# Memory outside the weights, the activations and the KV cache, per GPU (CUDA graphs, NCCL and
+# cuBLAS workspaces, allocator slack). Fitted on the KV block counts vLLM v0.15.1 logged for
+# the runs of ../shared/reference/vllm_runs/experiments.csv (kv_blocks_gpu); see docs/VALIDATION.md.
+NON_TORCH_OVERHEAD_BYTES = 0.30 * GIB
+# Activation bytes per token of the profiling pass, in units of (hidden + 2*intermediate/tp) * act bytes
+# (the SwiGLU up/gate output dominates), plus the sampler's fp32 logits for max_num_seqs rows.
+ACTIVATION_FACTOR = 2.0
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryPlan:
+    """Where one GPU's memory goes, and the KV capacity that results."""
+
+    usable_gb: float               # device memory x gpu_memory_utilization, GB (1e9)
+    weights_gb: float
+    activation_gb: float
+    overhead_gb: float
+    kv_gb: float
+    kv_bytes_per_token: float      # per GPU
+    block_size: int
+    num_blocks: int
+    max_kv_tokens: int
+
+    def as_dict(self) -> dict:
+        return asdict(self)
+
+
+def plan_memory(cost: CostModel, gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int = 8192,
+                max_num_seqs: int = 256, block_size: int = 16, strict: bool = True) -> MemoryPlan:
+    """KV capacity of one replica. With `strict`, refuse a deployment whose weights do not fit."""
+    m, t = cost.model, cost.tp
+    usable = cost.gpu.usable_memory_bytes * gpu_memory_utilization
+    weights = cost.weight_bytes_per_gpu
+    ab = DTYPE_BYTES[cost.act_dtype]
+    inter = (m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size)
+    activation = (ACTIVATION_FACTOR * max_num_batched_tokens * (m.hidden_size + 2 * inter / t) * ab
+                  + max_num_seqs * m.vocab_size * 4.0)
+    free = usable - weights - activation - NON_TORCH_OVERHEAD_BYTES
+    if strict and free <= 0:
+        raise DeploymentError(
+            f"{m.name} does not fit on {cost.gpu.name} with tp={t}: weights {weights / 1e9:.1f} GB + activations "
+            f"{activation / 1e9:.1f} GB + overhead {NON_TORCH_OVERHEAD_BYTES / 1e9:.1f} GB per GPU exceed "
+            f"{usable / 1e9:.1f} GB usable (gpu_memory_utilization={gpu_memory_utilization}); "
+            f"raise tp, use a smaller weight_dtype, or a larger GPU")
+    kv_tok = cost.kv_bytes_per_token_per_gpu
+    num_blocks = max(0, int(free // (kv_tok * block_size)))
+    return MemoryPlan(usable / 1e9, weights / 1e9, activation / 1e9, NON_TORCH_OVERHEAD_BYTES / 1e9,
+                      max(free, 0) / 1e9, kv_tok, block_size, num_blocks, num_blocks * block_size)

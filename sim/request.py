@@ -1,0 +1,58 @@
+"""A request's state inside a replica, and the state machine it moves through.
+
+    WAITING --schedule--> RUNNING (prompt chunks, then one token per step) --last token--> FINISHED
+       ^                      |
+       +----- PREEMPTED <-----+   (recompute: KV freed, the prompt and the tokens generated so far
+                                   are computed again when it is scheduled next)
+
+Token accounting follows vLLM V1: `num_tokens` is prompt + generated tokens, `num_computed` the
+tokens whose KV is in the cache. Each step a running request computes `num_tokens - num_computed`
+tokens (its whole remaining prompt, a chunk of it, or the one token it sampled last); when
+`num_computed` reaches `num_tokens` it samples the next token.
+"""
+from __future__ import annotations
+
+WAITING, RUNNING, PREEMPTED, FINISHED = "waiting", "running", "preempted", "finished"
+
+
+class Request:
+    """One request in a replica. Slotted: the engine touches these on its hot path."""
+
+    __slots__ = ("id", "arrival", "prompt_len", "output_len", "segments", "hashes", "num_tokens",
+                 "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
+                 "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica")
+
+    def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
+                 session_id: str | None = None, stage: int = 0) -> None:
+        self.id = rid
+        self.arrival = arrival
+        self.prompt_len = prompt_len
+        self.output_len = output_len
+        self.segments = segments
+        self.hashes: tuple[int, ...] = ()
+        self.num_tokens = prompt_len
+        self.num_computed = 0
+        self.generated = 0
+        self.state = WAITING
+        self.first_scheduled = -1.0
+        self.first_token = -1.0
+        self.finish = -1.0
+        self.preemptions = 0
+        self.cached_tokens = 0
+        self.recomputed_tokens = 0
+        self.session_id = session_id
+        self.stage = stage
+        self.replica = 0
+
+    @property
+    def remaining_prefill(self) -> int:
+        """Tokens to compute before the next token can be sampled (1 while decoding)."""
+        return self.num_tokens - self.num_computed
+
+    @property
+    def is_decoding(self) -> bool:
+        return self.generated > 0 and self.num_tokens - self.num_computed == 1
+
+    def __repr__(self) -> str:
+        return (f"Request({self.id}, {self.state}, computed={self.num_computed}/{self.num_tokens}, "
+                f"generated={self.generated}/{self.output_len})")

@@ -1,0 +1,1 @@
+"""Clusters as networkx graphs, and the cost of collectives on them."""

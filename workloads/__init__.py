@@ -1,0 +1,1 @@
+"""Traffic: synthetic generators and loaders of real request traces."""
