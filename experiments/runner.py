@@ -120,6 +120,10 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
         progress.close()
 
     records = log.arrays()
+    frontend = cost.engine.frontend_latency_s
+    if frontend and len(records["arrival_s"]):
+        records["first_token_s"] = records["first_token_s"] + frontend
+        records["finish_s"] = records["finish_s"] + frontend
     summary = summarize(records, [replica.steps], total_requests=counter[0], dropped=workload.dropped,
                         sim_time=replica.clock, wall_time=wall,
                         kv_stats={"hit_tokens": kv.hit_tokens, "query_tokens": kv.query_tokens,

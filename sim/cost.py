@@ -65,9 +65,6 @@ class KernelConstants:
     int4_weight_only_mem_eff: float = field(default=0.45, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV)"})
-    allreduce_latency_s: float = field(default=25.0e-6, metadata={
-        "unit": "s per all-reduce",
-        "source": "Vidur A100 DGX NCCL all-reduce table (2/4/8 GPUs in one node): intercept of time vs bytes"})
     moe_expert_mem_eff: float = field(default=0.70, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "grouped expert GEMMs stream many small weight matrices; gpt-fast Mixtral-8x7B rows"})
@@ -94,6 +91,8 @@ class EngineProfile:
     cuda_graphs: bool
     kernel_launch_s: float
     source: str
+    allreduce_latency_s: float = 25.0e-6   # per TP all-reduce (vLLM/TRT-LLM use custom one-shot kernels on NVLink)
+    frontend_latency_s: float = 0.0        # per request: API server, tokenisation, streaming the first/last token
     roofline_only: bool = False
 
 
@@ -325,7 +324,7 @@ class CostModel:
         link = self.gpu.scaleup or self.gpu.host_link
         spec = get_link(link)
         bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
-        latency = 0.0 if self._ideal else self.k.allreduce_latency_s
+        latency = 0.0 if self._ideal else self.engine.allreduce_latency_s
         return latency, 2.0 * (n - 1) / n / bw
 
     # ----------------------------------------------------------------- memory
