@@ -9,8 +9,9 @@ A scheduler is a registered plugin (kind ``"scheduler"``) with two methods:
   fast-forwards over those steps instead of calling ``schedule`` for each.
 
 The replica exposes ``waiting`` (a deque, head first), ``running`` (a list in admission order),
-``kv`` (a `sim.kvcache.KVCacheManager`), ``engine`` (the `EngineConfig`) and ``admit(request, hits)``
-/ ``preempt(request)``.
+``kv`` (a `sim.kvcache.KVCacheManager`), ``engine`` (the `EngineConfig`), ``prefilling`` (running
+requests with prompt tokens left; O(1)), ``prefix_hits(request)``, and ``admit(request, hits)`` /
+``preempt(request)``.
 """
 from __future__ import annotations
 
@@ -37,23 +38,37 @@ class VLLMScheduler:
         batch = []
         preempted = False
         i = 0
+        bs = cfg.block_size
         while i < len(running) and budget > 0:
             req = running[i]
-            n = req.num_tokens - req.num_computed
+            c = req.num_computed
+            n = req.num_tokens - c
+            if n == 1 and c < req.kv_slots:
+                # hot path: a decode token that fits the blocks the request holds needs no allocation
+                batch.append((req, 1))
+                budget -= 1
+                i += 1
+                continue
             if n > budget:
                 n = budget
-            while not kv.grow(req.id, req.num_computed + n, req.hashes):
+            need = c + n
+            # prompt chunks always go through grow() so the blocks they fill get registered for prefix caching
+            scheduled = True
+            while not kv.grow(req.id, need, req.hashes):
                 victim = running[-1]
                 rep.preempt(victim)          # removes it from running
                 preempted = True
                 if victim is req:
+                    scheduled = False
                     break
-            else:
-                batch.append((req, n))
-                budget -= n
-                i += 1
-                continue
-            break
+            if not scheduled:
+                break
+            slots = -(-need // bs) * bs
+            if slots > req.kv_slots:
+                req.kv_slots = slots
+            batch.append((req, n))
+            budget -= n
+            i += 1
         if preempted:
             return batch
         waiting = rep.waiting
@@ -68,6 +83,7 @@ class VLLMScheduler:
             if not kv.allocate(req.id, hits + n, req.hashes, hits, req.num_tokens):
                 break
             waiting.popleft()
+            req.kv_slots = -(-(hits + n) // cfg.block_size) * cfg.block_size
             rep.admit(req, hits)
             batch.append((req, n))
             budget -= n
@@ -78,7 +94,4 @@ class VLLMScheduler:
             return False
         if len(rep.running) > rep.engine.max_num_batched_tokens:
             return False
-        for req in rep.running:
-            if req.num_tokens - req.num_computed != 1:
-                return False
-        return True
+        return rep.prefilling == 0

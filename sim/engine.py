@@ -104,6 +104,11 @@ class Replica:
         self.clock = 0.0                    # exact end time of the last step (our own float, not env.now)
         self._wake = env.event()
         self._run_ends: np.ndarray | None = None   # cumulative end times of an interruptible run
+        # Facts about the running set gathered by the last step's pass over it, so the fast-forward
+        # decision costs O(1): running requests still in prefill, the fewest output tokens any still
+        # needs, the least free slots in any one's last block, and the sum of (context + 1).
+        self._stats_valid = False
+        self._prefilling = self._min_left = self._min_slack = self._ctx_sum = 0
         self.proc = env.process(self._loop())
 
     # ------------------------------------------------------------ arrivals and policy hooks
@@ -122,6 +127,13 @@ class Replica:
     def outstanding(self) -> int:
         return len(self.waiting) + len(self.running)
 
+    @property
+    def prefilling(self) -> int:
+        """Running requests that still have prompt (or recompute) tokens to process."""
+        if self._stats_valid:
+            return self._prefilling
+        return sum(1 for r in self.running if r.num_tokens - r.num_computed != 1)
+
     def prefix_hits(self, req: Request) -> int:
         if not self.engine.enable_prefix_caching or not req.hashes:
             return 0
@@ -135,16 +147,19 @@ class Replica:
             req.recomputed_tokens += req.num_tokens - hits
         req.num_computed = hits
         req.state = RUNNING
+        self._stats_valid = False
         self.running.append(req)
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
         self.running.remove(req)
+        self._stats_valid = False
         if self.engine.enable_prefix_caching:
             segs = (req.segments or ((("req", req.id), req.prompt_len),)) + ((("out", req.id), req.generated),)
             req.hashes = self.kv.block_hashes(segs, req.num_computed)
         self.kv.free(req.id, req.hashes)
         req.num_computed = 0
+        req.kv_slots = 0
         req.state = PREEMPTED
         req.preemptions += 1
         self.steps.preemptions += 1
@@ -171,11 +186,18 @@ class Replica:
                 self.clock = max(self.clock, env.now)
                 continue
             shape = BatchShape()
+            decodes = ctx = 0
             for req, n in batch:
-                if req.generated and req.num_tokens - req.num_computed == 1:
-                    shape.add_decode(req.num_computed)
+                c = req.num_computed
+                if req.generated and req.num_tokens - c == 1:
+                    decodes += 1
+                    ctx += c + 1
                 else:
-                    shape.add_prefill(n, req.num_computed, req.num_computed + n == req.num_tokens)
+                    shape.add_prefill(n, c, c + n == req.num_tokens)
+            shape.tokens += decodes
+            shape.sampled += decodes
+            shape.decode_seqs = decodes
+            shape.decode_ctx = ctx
             dt = self.cost.step_time(shape)
             end = self.clock + dt
             yield env.timeout(end - env.now)
@@ -187,20 +209,38 @@ class Replica:
         st.iterations += 1
         st.busy_s += dt
         st.batch_sum += len(batch)
-        gaps = 0
+        gaps = tokens = prefilling = ctx = 0
+        min_left = MAX_RUN_STEPS
+        min_slack = self.engine.block_size
         done = []
         for req, n in batch:
-            st.tokens += n
-            req.num_computed += n
-            if req.num_computed == req.num_tokens:
-                if req.generated:
+            tokens += n
+            c = req.num_computed + n
+            req.num_computed = c
+            if c == req.num_tokens:
+                g = req.generated
+                if g:
                     gaps += 1
-                req.generated += 1
-                req.num_tokens += 1
-                if req.first_token < 0:
+                else:
                     req.first_token = end
-                if req.generated >= req.output_len:
+                g += 1
+                req.generated = g
+                req.num_tokens = c + 1
+                left = req.output_len - g
+                if left <= 0:
                     done.append(req)
+                    continue
+                if left < min_left:
+                    min_left = left
+            else:
+                prefilling += 1
+            ctx += c + 1
+            slack = req.kv_slots - c
+            if slack < min_slack:
+                min_slack = slack
+        st.tokens += tokens
+        self._stats_valid = len(self.running) == len(batch)
+        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = prefilling, min_left, min_slack, ctx
         if gaps:
             st.itl.append(dt)
             st.itl_weight.append(gaps)
@@ -222,27 +262,34 @@ class Replica:
         """Steps the steady batch can run before a request finishes or KV blocks could run short."""
         running = self.running
         bs = self.engine.block_size
-        k = MAX_RUN_STEPS
-        min_slack = bs
-        kv = self.kv
-        for req in running:
+        if not self._stats_valid:
+            self._refresh_stats()
+        k_kv = (self.kv.num_free_blocks // len(running)) * bs + self._min_slack
+        return min(self._min_left, k_kv)
+
+    def _refresh_stats(self) -> None:
+        prefilling = ctx = 0
+        min_left = MAX_RUN_STEPS
+        min_slack = self.engine.block_size
+        for req in self.running:
+            c = req.num_computed
+            if req.num_tokens - c != 1:
+                prefilling += 1
             left = req.output_len - req.generated
-            if left < k:
-                k = left
-            slack = kv.num_blocks_of(req.id) * bs - req.num_computed
+            if left < min_left:
+                min_left = left
+            slack = req.kv_slots - c
             if slack < min_slack:
                 min_slack = slack
-        k_kv = (kv.num_free_blocks // len(running)) * bs + min_slack
-        return min(k, k_kv)
+            ctx += c + 1
+        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = prefilling, min_left, min_slack, ctx
+        self._stats_valid = True
 
     def _decode_run(self, k: int):
         env = self.env
         running = list(self.running)
         seqs = len(running)
-        ctx_sum = 0
-        for req in running:
-            ctx_sum += req.num_computed + 1
-        times = self.cost.decode_run_times(seqs, ctx_sum, k)
+        times = self.cost.decode_run_times(seqs, self._ctx_sum, k)
         ends = np.cumsum(np.concatenate(([self.clock], times)))[1:]
         self._run_ends = ends
         try:
@@ -260,38 +307,56 @@ class Replica:
         steps = len(times)
         kv = self.kv
         bs = self.engine.block_size
-        # allocate blocks in the order the per-iteration loop would: by step, then by running order
         grows = []
+        done = []
+        ctx = 0
+        min_left = MAX_RUN_STEPS
+        min_slack = bs
         for order, req in enumerate(running):
-            have = kv.num_blocks_of(req.id) * bs
-            c = req.num_computed
-            j = have - c + 1                       # first step whose slot falls outside the held blocks
-            while j <= steps:
-                grows.append((j, order, req))
-                j += bs
+            c0 = req.num_computed
+            j = req.kv_slots - c0 + 1       # first step whose token falls outside the held blocks
+            if j <= steps:
+                while j <= steps:
+                    grows.append((j, order, req.id, c0 + j))
+                    j += bs
+                req.kv_slots += bs * ((steps - (req.kv_slots - c0 + 1)) // bs + 1)
+            c = c0 + steps
+            req.num_computed = c
+            req.num_tokens = c + 1
+            g = req.generated + steps
+            req.generated = g
+            left = req.output_len - g
+            if left <= 0:
+                done.append(req)
+                continue
+            if left < min_left:
+                min_left = left
+            slack = req.kv_slots - c
+            if slack < min_slack:
+                min_slack = slack
+            ctx += c + 1
         if grows:
-            grows.sort(key=lambda g: (g[0], g[1]))
-            for j, _, req in grows:
-                if not kv.grow(req.id, req.num_computed + j, req.hashes):
+            # allocate in the order the per-iteration loop would (by step, then running order), so
+            # the same blocks go to the same requests and later evictions match exactly
+            grows.sort()
+            grow = kv.grow
+            for _, _, rid, tokens in grows:
+                if not grow(rid, tokens):
                     raise RuntimeError("fast-forward ran out of KV blocks; _run_length is wrong")
+        self._stats_valid = True
+        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = 0, min_left, min_slack, ctx
         end = float(ends[-1])
         st = self.steps
+        seqs = len(running)
         st.iterations += steps
         st.busy_s += float(times.sum())
-        st.batch_sum += steps * len(running)
-        st.tokens += steps * len(running)
+        st.batch_sum += steps * seqs
+        st.tokens += steps * seqs
         st.itl.extend(times.tolist())
-        st.itl_weight.extend([len(running)] * steps)
+        st.itl_weight.extend([seqs] * steps)
         usage = kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
-        done = []
-        for req in running:
-            req.num_computed += steps
-            req.generated += steps
-            req.num_tokens += steps
-            if req.generated >= req.output_len:
-                done.append(req)
         self.clock = end
         for req in done:
             self._complete(req, end)
