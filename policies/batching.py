@@ -69,9 +69,59 @@ class VLLMScheduler:
             batch.append((req, n))
             budget -= n
             i += 1
-        if preempted:
-            return batch
+        if not preempted:
+            self._admit(rep, batch, budget)
+        return batch
+
+    def schedule_cohort(self, rep) -> list | None:
+        """The same policy when decoding requests sit in the replica's lazy cohort (`sim.cohort`).
+
+        Valid only when every cohort member and every other running request gets all the tokens
+        it wants and every block fits, so nobody is cut or preempted; otherwise return None and
+        the engine runs `schedule` over materialised requests. Blocks are taken in running
+        (admission) order, cohort members and prefilling requests interleaved, as `schedule` does.
+        """
+        cfg = rep.engine
+        kv = rep.kv
+        cohort = rep.cohort
+        explicit = rep.explicit
+        demand = cohort.size
+        need = 0
+        for req in explicit:
+            demand += req.num_tokens - req.num_computed
+            need += kv.blocks_needed(req.id, req.num_tokens)
+        if demand > cfg.max_num_batched_tokens:
+            return None
+        due = cohort.pop_due_blocks(cohort.tick + 1)
+        if need + len(due) > kv.num_free_blocks:
+            cohort.push_back(due)
+            return None
+        bs = cfg.block_size
+        batch = []
+        d = 0
+        for req in explicit:
+            while d < len(due) and due[d][1] < req.seq:
+                member = due[d][2]
+                kv.grow(member.id, member.kv_slots + 1)
+                member.kv_slots += bs
+                d += 1
+            kv.grow(req.id, req.num_tokens, req.hashes)
+            slots = -(-req.num_tokens // bs) * bs
+            if slots > req.kv_slots:
+                req.kv_slots = slots
+            batch.append((req, req.num_tokens - req.num_computed))
+        for _, _, member in due[d:]:
+            kv.grow(member.id, member.kv_slots + 1)
+            member.kv_slots += bs
+        self._admit(rep, batch, cfg.max_num_batched_tokens - demand)
+        return batch
+
+    def _admit(self, rep, batch: list, budget: int) -> None:
+        """Admit waiting requests (FCFS) while the budget, max_num_seqs and the KV blocks allow."""
+        cfg = rep.engine
+        kv = rep.kv
         waiting = rep.waiting
+        running = rep.running
         while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
             req = waiting[0]
             hits = rep.prefix_hits(req)
@@ -87,7 +137,6 @@ class VLLMScheduler:
             rep.admit(req, hits)
             batch.append((req, n))
             budget -= n
-        return batch
 
     def steady(self, rep) -> bool:
         if rep.waiting and len(rep.running) < rep.engine.max_num_seqs:

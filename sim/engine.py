@@ -11,6 +11,12 @@ and the process sleeps for all of them. An arrival during such a run interrupts 
 cut at the end of the step in progress, where the per-iteration loop would have seen the arrival
 too. Blocks are allocated in the same order as step by step, so both modes give the same
 timestamps (`mode="iteration"` keeps the reference loop; tests compare them).
+
+Decode cohort: in fast mode, decoding requests live in a `DecodeCohort` and are advanced lazily,
+so a step costs O(requests that change) rather than O(batch). A scheduler that implements
+`schedule_cohort` plans steps against the cohort; whenever it cannot promise that every member
+simply decodes (a token budget that would cut someone, blocks that could run out and force a
+preemption), it returns None and the engine takes one exact step over materialised requests.
 """
 from __future__ import annotations
 
@@ -21,6 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 import simpy
 
+from .cohort import DecodeCohort
 from .cost import BatchShape, CostModel
 from .kvcache import KVCacheManager
 from .request import FINISHED, PREEMPTED, RUNNING, WAITING, Request
@@ -109,6 +116,10 @@ class Replica:
         # needs, the least free slots in any one's last block, and the sum of (context + 1).
         self._stats_valid = False
         self._prefilling = self._min_left = self._min_slack = self._ctx_sum = 0
+        self._admitted = 0
+        self.cohort = (DecodeCohort(engine.block_size)
+                       if self.fast and hasattr(scheduler, "schedule_cohort") else None)
+        self.explicit: list[Request] = []   # with a cohort: running requests outside it (prefilling)
         self.proc = env.process(self._loop())
 
     # ------------------------------------------------------------ arrivals and policy hooks
@@ -130,6 +141,8 @@ class Replica:
     @property
     def prefilling(self) -> int:
         """Running requests that still have prompt (or recompute) tokens to process."""
+        if self.cohort is not None:
+            return len(self.explicit)
         if self._stats_valid:
             return self._prefilling
         return sum(1 for r in self.running if r.num_tokens - r.num_computed != 1)
@@ -147,8 +160,12 @@ class Replica:
             req.recomputed_tokens += req.num_tokens - hits
         req.num_computed = hits
         req.state = RUNNING
+        req.seq = self._admitted
+        self._admitted += 1
         self._stats_valid = False
         self.running.append(req)
+        if self.cohort is not None:
+            self.explicit.append(req)
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
@@ -173,36 +190,31 @@ class Replica:
                 self._wake = env.event()
                 yield self._wake
                 self.clock = env.now
+            if self.cohort is not None:
+                yield from self._cohort_iteration()
+                continue
             if self.fast and self.running and self.scheduler.steady(self):
                 k = self._run_length()
                 if k >= 2:
                     yield from self._decode_run(k)
                     continue
-            batch = self.scheduler.schedule(self)
-            if not batch:
-                # nothing fits (e.g. every waiting request needs more KV than exists): wait for a change
-                self._wake = env.event()
-                yield self._wake
-                self.clock = max(self.clock, env.now)
-                continue
-            shape = BatchShape()
-            decodes = ctx = 0
-            for req, n in batch:
-                c = req.num_computed
-                if req.generated and req.num_tokens - c == 1:
-                    decodes += 1
-                    ctx += c + 1
-                else:
-                    shape.add_prefill(n, c, c + n == req.num_tokens)
-            shape.tokens += decodes
-            shape.sampled += decodes
-            shape.decode_seqs = decodes
-            shape.decode_ctx = ctx
-            dt = self.cost.step_time(shape)
-            end = self.clock + dt
-            yield env.timeout(end - env.now)
-            self.clock = end
-            self._finish_step(batch, dt, end)
+            yield from self._exact_step()
+
+    def _exact_step(self):
+        """One iteration over materialised requests (the reference semantics)."""
+        env = self.env
+        batch = self.scheduler.schedule(self)
+        if not batch:
+            # nothing fits (e.g. every waiting request needs more KV than exists): wait for a change
+            self._wake = env.event()
+            yield self._wake
+            self.clock = max(self.clock, env.now)
+            return
+        dt = self.cost.step_time(_shape_of(batch))
+        end = self.clock + dt
+        yield env.timeout(end - env.now)
+        self.clock = end
+        self._finish_step(batch, dt, end)
 
     def _finish_step(self, batch, dt: float, end: float) -> None:
         st = self.steps
@@ -256,6 +268,144 @@ class Replica:
         self.running.remove(req)
         self.kv.free(req.id)
         self.log.add(req)
+
+    # ------------------------------------------------------------ cohort mode
+    def _cohort_iteration(self):
+        cohort = self.cohort
+        if cohort.size and self.scheduler.steady(self):
+            k = self._cohort_run_length()
+            if k >= 1:
+                yield from self._cohort_run(k)
+                return
+        batch = self.scheduler.schedule_cohort(self)
+        if batch is None:
+            # the exact path: materialise everyone, run one step, then rebuild the cohort
+            cohort.clear(self.running)
+            self.explicit = []
+            self._stats_valid = False
+            yield from self._exact_step()
+            self._rebuild_cohort()
+            return
+        if not batch and not cohort.size:
+            self._wake = self.env.event()
+            yield self._wake
+            self.clock = max(self.clock, self.env.now)
+            return
+        yield from self._cohort_step(batch)
+
+    def _rebuild_cohort(self) -> None:
+        cohort = self.cohort
+        explicit = []
+        for req in self.running:
+            if req.generated and req.num_tokens - req.num_computed == 1:
+                cohort.add(req)
+            else:
+                explicit.append(req)
+        self.explicit = explicit
+
+    def _cohort_run_length(self) -> int:
+        cohort = self.cohort
+        k_kv = (self.kv.num_free_blocks // cohort.size) * self.engine.block_size + cohort.min_slack()
+        return min(cohort.steps_to_finish(), k_kv, MAX_RUN_STEPS)
+
+    def _cohort_step(self, batch):
+        """One iteration: the cohort decodes one token each; `batch` holds everyone else's work."""
+        cohort = self.cohort
+        seqs = cohort.size
+        dt = self.cost.step_time(_shape_of(batch, seqs, cohort.ctx))
+        end = self.clock + dt
+        yield self.env.timeout(end - self.env.now)
+        self.clock = end
+        cohort.advance(1)
+        st = self.steps
+        st.iterations += 1
+        st.busy_s += dt
+        st.batch_sum += len(batch) + seqs
+        tokens = seqs
+        gaps = seqs
+        done = []
+        joiners = []
+        for req, n in batch:
+            tokens += n
+            c = req.num_computed + n
+            req.num_computed = c
+            if c == req.num_tokens:
+                g = req.generated
+                if g:
+                    gaps += 1
+                else:
+                    req.first_token = end
+                g += 1
+                req.generated = g
+                req.num_tokens = c + 1
+                if g >= req.output_len:
+                    done.append(req)
+                else:
+                    joiners.append(req)
+        st.tokens += tokens
+        if gaps:
+            st.itl.append(dt)
+            st.itl_weight.append(gaps)
+        usage = self.kv.usage
+        if usage > st.peak_kv_usage:
+            st.peak_kv_usage = usage
+        if joiners:
+            explicit = self.explicit
+            for req in joiners:
+                explicit.remove(req)
+                cohort.add(req)
+        finished = cohort.pop_finished()
+        if done:
+            explicit = self.explicit
+            for req in done:
+                explicit.remove(req)
+            if finished:
+                done.extend(finished)
+                done.sort(key=_by_seq)
+        else:
+            done = finished
+        for req in done:
+            self._complete(req, end)
+
+    def _cohort_run(self, k: int):
+        """k steady steps of the cohort, priced at once; cut short by an arrival."""
+        env = self.env
+        cohort = self.cohort
+        seqs = cohort.size
+        times = self.cost.decode_run_times(seqs, cohort.ctx, k)
+        ends = np.cumsum(np.concatenate(([self.clock], times)))[1:]
+        self._run_ends = ends
+        try:
+            yield env.timeout(ends[-1] - env.now)
+            done = k
+        except simpy.Interrupt:
+            j = int(np.searchsorted(ends, env.now, side="left"))
+            done = min(j + 1, k)
+            yield env.timeout(max(ends[done - 1] - env.now, 0.0))
+        self._run_ends = None
+        kv = self.kv
+        bs = self.engine.block_size
+        for _, _, req in cohort.pop_due_blocks(cohort.tick + done):
+            # the step that needs the block computes token kv_slots + 1
+            if not kv.grow(req.id, req.kv_slots + 1):
+                raise RuntimeError("cohort run ran out of KV blocks; _cohort_run_length is wrong")
+            req.kv_slots += bs
+        cohort.advance(done)
+        times = times[:done]
+        st = self.steps
+        st.iterations += done
+        st.busy_s += float(times.sum())
+        st.batch_sum += done * seqs
+        st.tokens += done * seqs
+        st.itl.extend(times.tolist())
+        st.itl_weight.extend([seqs] * done)
+        usage = kv.usage
+        if usage > st.peak_kv_usage:
+            st.peak_kv_usage = usage
+        end = float(ends[done - 1])
+        self.clock = end
+        for req in cohort.pop_finished():
+            self._complete(req, end)
 
     # ------------------------------------------------------------ fast-forward
     def _run_length(self) -> int:
@@ -360,6 +510,28 @@ class Replica:
         self.clock = end
         for req in done:
             self._complete(req, end)
+
+
+def _shape_of(batch, decodes: int = 0, ctx: int = 0) -> BatchShape:
+    """The cost model's view of a step: prompt chunks one by one, decodes as a count and a context sum
+    (`decodes`/`ctx` start with the cohort's, whose members are not in `batch`)."""
+    shape = BatchShape()
+    for req, n in batch:
+        c = req.num_computed
+        if req.generated and req.num_tokens - c == 1:
+            decodes += 1
+            ctx += c + 1
+        else:
+            shape.add_prefill(n, c, c + n == req.num_tokens)
+    shape.tokens += decodes
+    shape.sampled += decodes
+    shape.decode_seqs = decodes
+    shape.decode_ctx = ctx
+    return shape
+
+
+def _by_seq(req: Request) -> int:
+    return req.seq
 
 
 def drive_arrivals(env: simpy.Environment, requests, route, on_arrival=None):

@@ -20,7 +20,7 @@ class Request:
 
     __slots__ = ("id", "arrival", "prompt_len", "output_len", "segments", "hashes", "num_tokens",
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
-                 "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots")
+                 "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
                  session_id: str | None = None, stage: int = 0) -> None:
@@ -44,6 +44,8 @@ class Request:
         self.stage = stage
         self.replica = 0
         self.kv_slots = 0          # tokens the request's KV blocks can hold (blocks x block_size)
+        self.seq = -1              # admission order in its replica (the running list is sorted by it)
+        self.lazy_tick = -1        # >= 0 while in the replica's decode cohort (sim.cohort)
 
     @property
     def remaining_prefill(self) -> int:

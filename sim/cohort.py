@@ -1,0 +1,126 @@
+"""The decode cohort: running requests that advance one token per step, tracked lazily.
+
+In a busy replica most running requests are decoding: every step each of them computes one
+token, and nothing about them changes except at a few moments (a new KV block is needed, the
+last token is produced). Touching every one of them on every step makes a step cost O(batch);
+the cohort instead keeps a shared step counter (`tick`) and, per member, the tick at which its
+counters were last written (`req.lazy_tick`). A member's true progress is its stored counters
+plus `tick - req.lazy_tick`. Two heaps hold the moments that matter, keyed by (tick, admission
+order) so that blocks are allocated and requests finish in exactly the order the per-iteration
+loop would use:
+
+- when each member next crosses a KV block boundary (`kv_slots` tokens held), and
+- when each member produces its last token.
+
+The sum of (context + 1) over members, which prices decode attention, moves by `size` per step.
+"""
+from __future__ import annotations
+
+import heapq
+
+from .request import FINISHED, Request
+
+
+class DecodeCohort:
+    """Lazily advanced set of decoding requests of one replica."""
+
+    __slots__ = ("tick", "size", "ctx", "_finish", "_blocks", "block_size")
+
+    def __init__(self, block_size: int) -> None:
+        self.block_size = block_size
+        self.tick = 0          # steps executed by the replica
+        self.size = 0
+        self.ctx = 0           # sum over members of (tokens in KV + 1): the decode attention context
+        self._finish: list[tuple[int, int, Request]] = []
+        self._blocks: list[tuple[int, int, Request]] = []
+
+    def add(self, req: Request) -> None:
+        """Admit a request that has just sampled a token and will now decode."""
+        t = self.tick
+        req.lazy_tick = t
+        heapq.heappush(self._finish, (t + req.output_len - req.generated, req.seq, req))
+        heapq.heappush(self._blocks, (t + req.kv_slots - req.num_computed + 1, req.seq, req))
+        self.ctx += req.num_computed + 1
+        self.size += 1
+
+    @staticmethod
+    def materialize(req: Request, tick: int) -> None:
+        """Write a member's true counters back into the request."""
+        d = tick - req.lazy_tick
+        if d:
+            req.num_computed += d
+            req.num_tokens += d
+            req.generated += d
+            req.lazy_tick = tick
+
+    def release(self, req: Request) -> None:
+        """A member leaves (it finished): counters written back; its heap entries go stale."""
+        self.materialize(req, self.tick)
+        req.lazy_tick = -1
+        self.ctx -= req.num_computed + 1
+        self.size -= 1
+
+    def clear(self, running: list[Request]) -> None:
+        """Everyone leaves (the exact per-request path takes over for a step)."""
+        tick = self.tick
+        for req in running:
+            if req.lazy_tick >= 0:
+                self.materialize(req, tick)
+                req.lazy_tick = -1
+        self.size = self.ctx = 0
+        self._finish.clear()
+        self._blocks.clear()
+
+    def advance(self, steps: int) -> None:
+        self.tick += steps
+        self.ctx += steps * self.size
+
+    # ---------------------------------------------------------------- moments
+    def _top(self, heap: list) -> tuple | None:
+        while heap and (heap[0][2].state == FINISHED or heap[0][2].lazy_tick < 0):
+            heapq.heappop(heap)
+        return heap[0] if heap else None
+
+    def steps_to_finish(self) -> int:
+        """Steps until the first member produces its last token (that step included)."""
+        top = self._top(self._finish)
+        return top[0] - self.tick if top else 1 << 30
+
+    def min_slack(self) -> int:
+        """Fewest steps any member can still run on the KV blocks it holds."""
+        top = self._top(self._blocks)
+        return top[0] - self.tick - 1 if top else self.block_size
+
+    def pop_due_blocks(self, upto: int) -> list[Request]:
+        """Members needing a new block in steps <= `upto`, in (step, admission) order; each is
+        returned once per block it needs, and rescheduled for its next boundary."""
+        heap = self._blocks
+        due = []
+        while heap and heap[0][0] <= upto:
+            t, seq, req = heapq.heappop(heap)
+            if req.state == FINISHED or req.lazy_tick < 0:
+                continue
+            due.append((t, seq, req))
+            heapq.heappush(heap, (t + self.block_size, seq, req))
+        return due
+
+    def push_back(self, due: list) -> None:
+        """Undo `pop_due_blocks` (the caller decided not to allocate this step)."""
+        heap = self._blocks
+        bs = self.block_size
+        stale = {(t + bs, seq) for t, seq, _ in due}
+        heap[:] = [e for e in heap if (e[0], e[1]) not in stale]
+        heap.extend(due)
+        heapq.heapify(heap)
+
+    def pop_finished(self) -> list[Request]:
+        """Members whose last token came out by now, in admission order, released."""
+        heap = self._finish
+        out = []
+        while heap and heap[0][0] <= self.tick:
+            _, _, req = heapq.heappop(heap)
+            if req.state == FINISHED or req.lazy_tick < 0:
+                continue
+            self.release(req)
+            out.append(req)
+        return out
