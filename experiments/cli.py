@@ -158,11 +158,11 @@ def roofline(
 
 
 def main() -> None:
-    """Console entry point: user errors become one line on stderr and exit code 2 (usage errors too)."""
+    """Console entry point: user errors, usage errors included, become one line on stderr and exit code 2."""
     from pydantic import ValidationError
 
     try:
-        app()
+        code = app(standalone_mode=False)
     except ServesimError as exc:
         typer.echo(f"servesim: error: {exc}", err=True)
         sys.exit(2)
@@ -171,6 +171,15 @@ def main() -> None:
 
         typer.echo(f"servesim: error: {format_validation_error(exc)}", err=True)
         sys.exit(2)
+    except typer.Abort:
+        typer.echo("servesim: aborted", err=True)
+        sys.exit(1)
+    except typer.TyperException as exc:       # click's usage errors: bad option value, missing argument, ...
+        message = " ".join((exc.format_message() if hasattr(exc, "format_message") else str(exc)).split())
+        if message:                            # empty when the help was shown for a bare command
+            typer.echo(f"servesim: error: {message}", err=True)
+        sys.exit(getattr(exc, "exit_code", 2) or 2)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":

@@ -52,10 +52,13 @@ def print_estimate(est) -> None:
     d = est.as_dict()
     title = (f"{d['model']} on {d['tp']}x {d['gpu']} ({d['weight_dtype']} weights, {d['kv_dtype']} KV, "
              f"engine {d['engine']}): {d['phase']} batch {d['batch']}"
-             + (f", prompt {d['prompt_len']}" if d["phase"] == "prefill" else f", context {d['context']}"))
+             + (f", prompt {d['prompt_len']}" + (f" after {d['context']} cached" if d["context"] else "")
+                if d["phase"] == "prefill" else f", context {d['context']}"))
     table = Table(title=title)
-    for c in ("op", "time (ms)", "share", "GFLOP", "MB", "FLOP/byte", "bound"):
-        table.add_column(c, justify="right" if c not in ("op", "bound") else "left")
+    # op names never wrap or get cut to "attention_p…" in an 80-column (or piped) terminal
+    table.add_column("op", no_wrap=True, min_width=max(len(op["name"]) for op in d["breakdown"]))
+    for c in ("ms", "share", "GFLOP", "MB", "FLOP/B", "bound"):
+        table.add_column(c, justify="left" if c == "bound" else "right")
     for op in d["breakdown"]:
         table.add_row(op["name"], f"{op['time_s'] * 1e3:.3f}", f"{op['time_s'] / d['latency_s']:.0%}",
                       f"{op['flops'] / 1e9:.2f}", f"{op['bytes'] / 1e6:.1f}",

@@ -82,8 +82,9 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
              prompt_len: int | None = None, context: int | None = None, phase: str | None = None,
              weight_dtype: str | None = None, kv_dtype: str | None = None, engine: str = "vllm",
              gpu_memory_utilization: float = 0.9, flash_attention: bool = True) -> Estimate:
-    """Price one iteration: prefill of `batch` prompts of `prompt_len` tokens from empty, or decode of
-    `batch` sequences at `context` tokens. Raises DeploymentError only if the weights do not fit."""
+    """Price one iteration: prefill of `batch` prompts of `prompt_len` new tokens each (after `context`
+    cached tokens, 0 by default), or decode of `batch` sequences at `context` tokens. Raises
+    DeploymentError only if the weights do not fit."""
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     dev = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     phase = phase or ("prefill" if prompt_len is not None else "decode")
@@ -92,7 +93,11 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
     if phase == "prefill":
         if not prompt_len or prompt_len < 1:
             raise ConfigError("prefill needs --prompt-len >= 1")
-        shape, ctx_tokens, context = BatchShape.prefill(batch, prompt_len), prompt_len, 0
+        if context is not None and context < 0:
+            raise ConfigError("--context must be >= 0 (tokens already in the KV cache)")
+        # a prefill may extend cached context (prefix-cache hit, or a later chunk of a chunked prefill)
+        context = context or 0
+        shape, ctx_tokens = BatchShape.prefill(batch, prompt_len, context), context + prompt_len
     elif phase == "decode":
         if context is None or context < 0:
             raise ConfigError("decode needs --context >= 0 (tokens already in the KV cache)")
@@ -101,11 +106,14 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
         raise ConfigError(f"--phase must be prefill or decode, got {phase!r}")
     cost = CostModel(spec, dev, tp=tp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
                      flash_attention=flash_attention)
+    # Refuse only a replica whose weights cannot be loaded; a batch too large for the memory left
+    # (its KV, or its profiling activations) is still priced and flagged kv_fits=False.
+    plan_memory(cost, gpu_memory_utilization, max_num_batched_tokens=1, max_num_seqs=1, block_size=16)
     mem = plan_memory(cost, gpu_memory_utilization, max_num_batched_tokens=min(shape.tokens, 8192),
-                      max_num_seqs=batch, block_size=16)
+                      max_num_seqs=batch, block_size=16, strict=False)
     ops = cost.breakdown(shape)
     latency = sum(o.time_s for o in ops)
     return Estimate(spec.name, dev.name, tp, phase, batch, prompt_len, context, cost.weight_dtype, cost.kv_dtype,
                     cost.engine.name, latency, sum(o.flops for o in ops), sum(o.bytes for o in ops), ops, mem,
-                    kv_fits=batch * ctx_tokens <= mem.max_kv_tokens,
+                    kv_fits=batch * -(-ctx_tokens // mem.block_size) <= mem.num_blocks,   # whole blocks per sequence
                     peak_flops=dev.peak_flops(cost._compute_dtype()), peak_bw=dev.memory_bw)

@@ -431,6 +431,9 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
     archs = top.get("architectures") or cfg.get("architectures") or [""]
     try:
         h, layers, heads = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        for key, value in (("hidden_size", h), ("num_hidden_layers", layers), ("num_attention_heads (num_heads)", heads)):
+            if value <= 0:
+                raise CatalogError(f"{where}: '{key}' must be a positive integer, got {value}")
         kv_heads = _int(cfg, "num_key_value_heads", heads)
         kv_lora = _int(cfg, "kv_lora_rank")
         if kv_lora:
@@ -520,6 +523,6 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             default_weight_dtype=dtype,
             source=source,
         )
-    except (TypeError, ValueError) as e:
+    except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:
         raise CatalogError(f"{where}: malformed value ({e})") from None
     return _check_spec(spec, where)
