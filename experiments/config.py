@@ -58,8 +58,8 @@ class EngineSection(_Model):
         0.9, gt=0, le=1, description="Fraction of GPU memory vLLM may use for weights, activations and KV.")
     enable_chunked_prefill: bool = Field(True, description="Split long prompts across steps (vLLM V1 default on).")
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prompt prefixes (V1 default on).")
-    max_model_len: PositiveInt | None = Field(
-        None, description="Longest sequence (prompt + output); default: the model's context length.")
+    max_model_len: int | None = Field(
+        None, ge=2, description="Longest sequence (prompt + output, at least 2); default: the model's context length.")
     preemption_mode: Literal["recompute"] = Field(
         "recompute", description="What happens to a preempted request's KV: recompute (vLLM V1).")
 

@@ -65,6 +65,9 @@ class RunResult:
 def build_cost_model(cfg: RunConfig) -> CostModel:
     model = get_model(cfg.model.name)
     gpu = get_gpu(cfg.hardware.gpu)
+    if cfg.parallelism.tp > gpu.gpus_per_node:
+        raise DeploymentError(f"parallelism.tp={cfg.parallelism.tp} exceeds the {gpu.gpus_per_node} GPUs of one "
+                              f"{gpu.name} node; tensor parallelism runs within a node, use tp <= {gpu.gpus_per_node}")
     if cfg.hardware.price_per_hour is not None:
         gpu = gpu_with_overrides(gpu, price_per_hour=cfg.hardware.price_per_hour)
     return CostModel(model, gpu, tp=cfg.parallelism.tp, weight_dtype=cfg.model.weight_dtype,

@@ -11,7 +11,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from scipy import stats
 
 from .config import FixedLength, LognormalLength, UniformLength
 
@@ -29,6 +28,8 @@ def sample_lengths(dist: FixedLength | UniformLength | LognormalLength, n: int,
     elif isinstance(dist, UniformLength):
         out = rng.integers(dist.low, dist.high, size=n, endpoint=True, dtype=np.int64)
     elif isinstance(dist, LognormalLength):
+        from scipy import stats  # imported here: scipy.stats costs ~0.5 s of start-up for every CLI call
+
         x = stats.lognorm.rvs(dist.sigma, scale=lognormal_scale(dist.mean, dist.sigma), size=n,
                               random_state=rng)
         out = np.rint(np.minimum(x, 2.0**62)).astype(np.int64)
