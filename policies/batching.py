@@ -102,7 +102,7 @@ class VLLMScheduler:
         for req in explicit:
             while d < len(due) and due[d][1] < req.seq:
                 member = due[d][2]
-                kv.grow(member.id, member.kv_slots + 1)
+                kv.append_block(member.id)
                 member.kv_slots += bs
                 d += 1
             kv.grow(req.id, req.num_tokens, req.hashes)
@@ -111,7 +111,7 @@ class VLLMScheduler:
                 req.kv_slots = slots
             batch.append((req, req.num_tokens - req.num_computed))
         for _, _, member in due[d:]:
-            kv.grow(member.id, member.kv_slots + 1)
+            kv.append_block(member.id)
             member.kv_slots += bs
         self._admit(rep, batch, cfg.max_num_batched_tokens - demand)
         return batch

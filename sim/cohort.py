@@ -95,13 +95,17 @@ class DecodeCohort:
         """Members needing a new block in steps <= `upto`, in (step, admission) order; each is
         returned once per block it needs, and rescheduled for its next boundary."""
         heap = self._blocks
+        bs = self.block_size
+        replace = heapq.heapreplace
         due = []
         while heap and heap[0][0] <= upto:
-            t, seq, req = heapq.heappop(heap)
+            entry = heap[0]
+            req = entry[2]
             if req.state == FINISHED or req.lazy_tick < 0:
+                heapq.heappop(heap)
                 continue
-            due.append((t, seq, req))
-            heapq.heappush(heap, (t + self.block_size, seq, req))
+            due.append(entry)
+            replace(heap, (entry[0] + bs, entry[1], req))     # one sift instead of pop + push
         return due
 
     def push_back(self, due: list) -> None:

@@ -385,9 +385,10 @@ class Replica:
         self._run_ends = None
         kv = self.kv
         bs = self.engine.block_size
+        append_block = kv.append_block
         for _, _, req in cohort.pop_due_blocks(cohort.tick + done):
             # the step that needs the block computes token kv_slots + 1
-            if not kv.grow(req.id, req.kv_slots + 1):
+            if not append_block(req.id):
                 raise RuntimeError("cohort run ran out of KV blocks; _cohort_run_length is wrong")
             req.kv_slots += bs
         cohort.advance(done)
