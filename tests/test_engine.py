@@ -440,3 +440,13 @@ def test_summary_has_the_documented_keys():
         assert s["sim"][k] > 0
     assert s["throughput"]["output_tokens_per_s"] == pytest.approx(
         res.requests["output_tokens"].sum() / (res.requests["finish_s"].max() - res.requests["arrival_s"].min()))
+
+
+def test_tp_larger_than_a_node_is_refused():
+    from sim.errors import DeploymentError
+
+    cfg = {"model": "llama-3.1-70b", "hardware": {"gpu": "h100-sxm-80gb"}, "parallelism": {"tp": 16},
+           "workload": {"type": "poisson", "stages": [{"rate": 1, "duration_s": 1}], "input_len": 10, "output_len": 5},
+           "sim": {"progress": False}}
+    with pytest.raises(DeploymentError, match="tp=16 exceeds the 8 GPUs"):
+        run(cfg)
