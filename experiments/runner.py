@@ -23,7 +23,7 @@ import yaml
 import policies.batching  # noqa: F401  (registers the built-in schedulers)
 from sim import registry
 from sim.cost import CostModel
-from sim.engine import EngineConfig, Replica, RequestLog, drive_arrivals
+from sim.engine import EngineConfig, Replica, RequestLog, drive_arrivals, request_from_spec
 from sim.errors import DeploymentError
 from sim.hardware import get_gpu, gpu_with_overrides
 from sim.kvcache import KVCacheManager
@@ -111,7 +111,18 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     def count(_req) -> None:
         counter[0] += 1
 
-    arrivals = env.process(drive_arrivals(env, workload, replica.enqueue, count))
+    if hasattr(workload, "process"):
+        # a workload driven by the simulation (closed-loop clients, agent sessions): it submits
+        # RequestSpecs from its own SimPy process and hears about completions
+        def submit(spec) -> None:
+            req = request_from_spec(spec)
+            count(req)
+            replica.enqueue(req)
+
+        replica.on_finish = getattr(workload, "on_finish", None)
+        arrivals = env.process(workload.process(env, submit))
+    else:
+        arrivals = env.process(drive_arrivals(env, workload, replica.enqueue, count))
     progress = (_Progress(env, workload, log, lambda: not arrivals.is_alive and replica.outstanding == 0)
                 if cfg.sim.progress and sys.stderr.isatty() else None)
     t0 = time.perf_counter()

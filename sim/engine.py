@@ -117,6 +117,7 @@ class Replica:
         self._stats_valid = False
         self._prefilling = self._min_left = self._min_slack = self._ctx_sum = 0
         self._admitted = 0
+        self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
         self.cohort = (DecodeCohort(engine.block_size)
                        if self.fast and hasattr(scheduler, "schedule_cohort") else None)
         self.explicit: list[Request] = []   # with a cohort: running requests outside it (prefilling)
@@ -268,6 +269,8 @@ class Replica:
         self.running.remove(req)
         self.kv.free(req.id)
         self.log.add(req)
+        if self.on_finish is not None:
+            self.on_finish(req)
 
     # ------------------------------------------------------------ cohort mode
     def _cohort_iteration(self):
@@ -535,17 +538,22 @@ def _by_seq(req: Request) -> int:
     return req.seq
 
 
+def request_from_spec(spec) -> Request:
+    """The engine's mutable request for a workload's RequestSpec."""
+    return Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
+                   spec.session_id, spec.stage)
+
+
 def drive_arrivals(env: simpy.Environment, requests, route, on_arrival=None):
     """SimPy process feeding requests (an iterable of RequestSpec in arrival order) to `route(req)`."""
     for spec in requests:
         if spec.arrival_s > env.now:
             yield env.timeout(spec.arrival_s - env.now)
-        req = Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
-                      spec.session_id, spec.stage)
+        req = request_from_spec(spec)
         if on_arrival is not None:
             on_arrival(req)
         route(req)
 
 
-__all__ = ["EngineConfig", "Replica", "RequestLog", "StepLog", "drive_arrivals", "MAX_RUN_STEPS",
+__all__ = ["EngineConfig", "Replica", "RequestLog", "StepLog", "drive_arrivals", "request_from_spec", "MAX_RUN_STEPS",
            "WAITING", "RUNNING"]
