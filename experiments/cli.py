@@ -1,4 +1,4 @@
-"""`servesim` command line: estimate, run, catalog, roofline.
+"""`servesim` command line: estimate, run, sweep, plan, catalog, roofline.
 
 Every user mistake surfaces as one line on stderr and exit code 2 (see `main`); tracebacks are for bugs.
 """
@@ -24,6 +24,9 @@ app = typer.Typer(
 catalog_app = typer.Typer(help="List catalogue entries: GPUs, models, engine profiles, cost-model constants.",
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
+workload_app = typer.Typer(help="Inspect workloads and traces: rates, burstiness, lengths, prefix reuse.",
+                           no_args_is_help=True)
+app.add_typer(workload_app, name="workload")
 
 
 def _print_json(obj) -> None:
@@ -63,21 +66,76 @@ def estimate(
 def run(
     config: Path = typer.Argument(..., help="Run config (YAML)."),
     set_: list[str] = typer.Option([], "--set", help="Override a key: --set engine.max_num_seqs=64 (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write summary.json, requests.parquet, config.yaml here."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o",
+                                       help="Write summary.json, requests.parquet, config.yaml and report.html here."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON."),
+    no_report: bool = typer.Option(False, "--no-report", help="With --out: skip report.html."),
+    trace_out: Optional[Path] = typer.Option(None, "--trace-out",
+                                             help="Write a Chrome-trace JSON of the iterations (chrome://tracing, "
+                                                  "ui.perfetto.dev); same as --set sim.chrome_trace=FILE."),
 ) -> None:
     """Simulate a serving replica under a workload and summarise TTFT, TPOT, ITL, E2E and throughput."""
+    from experiments.config import load_config
     from experiments.runner import run as run_sim
 
-    result = run_sim(config, set_)
+    cfg = load_config(config, set_)
+    if trace_out is not None:
+        cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"chrome_trace": str(trace_out)})})
+    result = run_sim(cfg)
     if out is not None:
         result.write(out)
+        if not no_report:
+            from experiments.report import write_run_report
+
+            write_run_report(result, Path(out) / "report.html")
     if as_json:
         _print_json(result.summary)
     else:
         from experiments.tables import print_summary
 
         print_summary(result.summary, out)
+
+
+@app.command()
+def sweep(
+    sweep_file: Path = typer.Argument(..., help="Sweep file (YAML): base config plus grid / zip / random factors."),
+    out: Path = typer.Option(..., "--out", "-o", help="Directory for runs/, results.parquet/.csv and report.html."),
+    executor: str = typer.Option("local", "--executor", help="local (processes), ray, or ray://host:port."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1, help="Parallel runs (default: CPU count)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Skip report.html."),
+    progress: Optional[bool] = typer.Option(None, "--progress/--no-progress",
+                                            help="Progress bar (default: on a terminal)."),
+) -> None:
+    """Run a parameter sweep in parallel; resumes runs already done in --out, records failing runs and goes on."""
+    from experiments.sweep import run_sweep
+
+    res = run_sweep(sweep_file, out, executor=executor, workers=workers, report=not no_report, progress=progress)
+    typer.echo(f"{len(res.table)} points: ran {res.ran}, skipped {res.skipped} already done, "
+               f"{res.failed} failed; results in {out / 'results.parquet'}"
+               + (f", report {res.report}" if res.report else ""))
+
+
+@app.command()
+def plan(
+    plan_file: Path = typer.Argument(..., help="Plan file (YAML): model, workload, SLOs, GPUs, TP, policies, target."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write plan.json, candidates.csv and plan.html here."),
+    workers: Optional[int] = typer.Option(None, "--workers", "-j", min=1,
+                                          help="Candidates searched in parallel (default: CPU count)."),
+    executor: str = typer.Option("local", "--executor", help="local (processes), ray, or ray://host:port."),
+    no_report: bool = typer.Option(False, "--no-report", help="With --out: skip plan.html."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Find each candidate's max rate within the SLOs and the cheapest deployment for a target rate."""
+    from experiments.planner import plan as run_plan
+    from experiments.planner import print_plan
+
+    res = run_plan(plan_file, out, executor=executor, workers=workers, report=not no_report)
+    if as_json:
+        _print_json(res.as_dict())
+        return
+    print_plan(res)
+    if res.files:
+        typer.echo("wrote " + ", ".join(str(p) for p in res.files.values()))
 
 
 @app.command()
@@ -155,6 +213,35 @@ def roofline(
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.write_html(str(out), include_plotlyjs=True)
     typer.echo(f"wrote {out}")
+
+
+@workload_app.command("describe")
+def workload_describe(
+    source: Path = typer.Argument(..., help="A workload or run config (YAML), or a trace file (CSV, Parquet, JSONL, JSON)."),
+    fmt: str = typer.Option("auto", "--format", "-f", help="Trace format (auto: sniffed): csv, azure_2023, azure_2024, "
+                                                          "mooncake, burstgpt, sharegpt, vidur."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads (default: the config's, else 0)."),
+    out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write a plotly HTML page here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the statistics as one JSON object."),
+) -> None:
+    """Rate over time, inter-arrival CV, length percentiles and the prefix-reuse upper bound of a workload."""
+    from workloads.describe import describe
+
+    d = describe(source, fmt=fmt, seed=seed)
+    if out is not None:
+        from experiments.workload_report import write_workload_report
+
+        write_workload_report(d, out)
+    if as_json:
+        _print_json(d.summary())
+        return
+    from experiments.tables import print_rows
+    from experiments.workload_report import summary_rows
+
+    print_rows(f"Workload {source}", [{"statistic": k, "value": v} for k, v in summary_rows(d.summary())],
+               ["statistic", "value"])
+    if out is not None:
+        typer.echo(f"wrote {out}")
 
 
 def main() -> None:

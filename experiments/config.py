@@ -62,6 +62,10 @@ class EngineSection(_Model):
         None, ge=2, description="Longest sequence (prompt + output, at least 2); default: the model's context length.")
     preemption_mode: Literal["recompute"] = Field(
         "recompute", description="What happens to a preempted request's KV: recompute (vLLM V1).")
+    async_scheduling: bool | None = Field(
+        None, description="Plan step n+1 while step n runs (vLLM --async-scheduling): host overhead overlaps the "
+                          "GPU, and a request arriving during a step is first scheduled two steps later. "
+                          "Default: the engine profile's setting.")
 
 
 class SimSection(_Model):
@@ -70,6 +74,16 @@ class SimSection(_Model):
     mode: Literal["fast", "iteration"] = Field(
         "fast", description="fast: exact fast-forward over steady decode steps; iteration: one event per step (reference).")
     progress: bool = Field(True, description="Show a progress bar on runs that take more than a couple of seconds.")
+    sample_interval_s: PositiveFloat | None = Field(
+        None, description="Sample queue length, running batch and KV usage every this many simulated seconds "
+                          "(the run's timeseries, for charts); default off. Within a fast-forward run the KV "
+                          "usage is the value at the run's start (blocks are allocated at its end).")
+    record_steps: bool = Field(
+        False, description="Record every iteration's (start, end, tokens, batch size) for the timeline chart and "
+                           "the Chrome trace; one row per step, so keep it for short runs.")
+    chrome_trace: str | None = Field(
+        None, description="Write a Chrome-trace / Perfetto JSON of the iterations to this path at the end of the "
+                          "run (implies record_steps).")
 
 
 class RunConfig(_Model):
@@ -80,7 +94,9 @@ class RunConfig(_Model):
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="TP degree.")
     engine: EngineSection = Field(default_factory=EngineSection, description="Engine knobs (vLLM names).")
     scheduler: str = Field("vllm", description="Batching scheduler plugin (registry kind 'scheduler').")
-    workload: WorkloadConfig = Field(description="The traffic: poisson, shared_prefix or trace.")
+    workload: WorkloadConfig = Field(
+        description="The traffic: poisson, shared_prefix, synthetic (any arrival process and length "
+                    "distributions), sessions, agent, closed_loop, or trace (with format and transformations).")
     seed: int = Field(0, description="Seed of every random stream in the run.")
     sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
 
@@ -190,12 +206,21 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
         data = copy.deepcopy(source)
     for item in overrides or []:
         set_dotted(data, *parse_override(item))
-    wl = data.get("workload")
-    if base is not None and isinstance(wl, dict) and wl.get("type") == "trace" and isinstance(wl.get("path"), str):
-        p = Path(wl["path"])
-        if not p.is_absolute():
-            wl["path"] = str(base / p)
+    if base is not None and isinstance(data.get("workload"), dict):
+        _resolve_paths(data["workload"], base)
     return validate_config(data)
+
+
+def _resolve_paths(node: Any, base: Path) -> None:
+    """Make the workload's file paths (`path`, `*_path` at any depth) relative to the config file."""
+    items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
+    for key, value in list(items):
+        if isinstance(value, (dict, list)):
+            _resolve_paths(value, base)
+        elif isinstance(key, str) and (key == "path" or key.endswith("_path")) and isinstance(value, str):
+            p = Path(value).expanduser()
+            if not p.is_absolute():
+                node[key] = str(base / p)
 
 
 def config_schema() -> dict:

@@ -43,6 +43,8 @@ class RunResult:
     requests: pd.DataFrame
     config: RunConfig
     memory: MemoryPlan
+    timeseries: pd.DataFrame | None = None   # sim.sample_interval_s: time, waiting, running, kv_usage, completed
+    steps: pd.DataFrame | None = None        # sim.record_steps: replica, start_s, end_s, tokens, batch
 
     def write(self, out_dir: str | Path) -> Path:
         """Write summary.json, requests.parquet and config.yaml atomically (all or nothing)."""
@@ -53,6 +55,10 @@ class RunResult:
             (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2))
             self.requests.to_parquet(tmp / "requests.parquet", index=False)
             (tmp / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
+            if self.timeseries is not None:
+                self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
+            if self.steps is not None:
+                self.steps.to_parquet(tmp / "steps.parquet", index=False)
             if out.exists():
                 shutil.rmtree(out)
             os.replace(tmp, out)
@@ -74,12 +80,13 @@ def build_cost_model(cfg: RunConfig) -> CostModel:
                      kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile)
 
 
-def engine_config(cfg: RunConfig, max_model_len: int) -> EngineConfig:
+def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
     e = cfg.engine
+    async_scheduling = cost.engine.async_scheduling if e.async_scheduling is None else e.async_scheduling
     return EngineConfig(max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
                         block_size=e.block_size, enable_chunked_prefill=e.enable_chunked_prefill,
                         enable_prefix_caching=e.enable_prefix_caching, max_model_len=max_model_len,
-                        preemption_mode=e.preemption_mode)
+                        preemption_mode=e.preemption_mode, async_scheduling=async_scheduling)
 
 
 def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = None) -> RunResult:
@@ -93,7 +100,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
         raise DeploymentError(
             f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than max_model_len={max_model_len:,}; "
             f"lower engine.max_model_len, raise engine.gpu_memory_utilization or parallelism.tp")
-    ecfg = engine_config(cfg, max_model_len)
+    ecfg = engine_config(cfg, max_model_len, cost)
     if ecfg.max_num_batched_tokens < max_model_len and not ecfg.enable_chunked_prefill:
         raise DeploymentError(
             f"engine.max_num_batched_tokens={ecfg.max_num_batched_tokens} is below max_model_len={max_model_len} "
@@ -106,6 +113,8 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     log = RequestLog()
     kv = KVCacheManager(mem.num_blocks, e.block_size, e.enable_prefix_caching)
     replica = Replica(env, 0, cost, kv, ecfg, scheduler, log, mode=cfg.sim.mode)
+    if cfg.sim.record_steps or cfg.sim.chrome_trace:
+        replica.step_records = []
     counter = [0]
 
     def count(_req) -> None:
@@ -119,12 +128,17 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
             count(req)
             replica.enqueue(req)
 
-        replica.on_finish = getattr(workload, "on_finish", None)
+        replica.on_finish = _after_frontend(env, getattr(workload, "on_finish", None), cost.engine.frontend_latency_s)
         arrivals = env.process(workload.process(env, submit))
     else:
         arrivals = env.process(drive_arrivals(env, workload, replica.enqueue, count))
     progress = (_Progress(env, workload, log, lambda: not arrivals.is_alive and replica.outstanding == 0)
                 if cfg.sim.progress and sys.stderr.isatty() else None)
+    samples = None
+    if cfg.sim.sample_interval_s:
+        samples = []
+        env.process(_sample(env, replica, log, cfg.sim.sample_interval_s, samples,
+                            lambda: not arrivals.is_alive and replica.outstanding == 0))
     t0 = time.perf_counter()
     if progress:
         env.process(progress.tick())
@@ -154,7 +168,38 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     if len(requests):
         requests["ttft_s"] = requests["first_token_s"] - requests["arrival_s"]
         requests["e2e_s"] = requests["finish_s"] - requests["arrival_s"]
-    return RunResult(summary, requests, cfg, mem)
+    result = RunResult(summary, requests, cfg, mem)
+    if samples is not None:
+        result.timeseries = pd.DataFrame(samples, columns=["time_s", "waiting", "running", "kv_usage", "completed"])
+    if replica.step_records is not None:
+        steps = pd.DataFrame(replica.step_records, columns=["start_s", "end_s", "tokens", "batch"])
+        steps.insert(0, "replica", replica.index)
+        result.steps = steps
+    if cfg.sim.chrome_trace:
+        from .trace_export import write_chrome_trace
+
+        write_chrome_trace(result, cfg.sim.chrome_trace)
+    return result
+
+
+def _sample(env: simpy.Environment, replica: Replica, log: RequestLog, interval: float, rows: list, finished):
+    """SimPy process: every `interval` simulated seconds, the replica's queue, batch and KV usage."""
+    while True:
+        rows.append((env.now, len(replica.waiting), len(replica.running), replica.kv.usage, len(log)))
+        if finished():
+            return
+        yield env.timeout(interval)
+
+
+def _after_frontend(env: simpy.Environment, on_finish, latency: float):
+    """The client hears of a completion only after the API server streams it back (frontend latency)."""
+    if on_finish is None or latency <= 0:
+        return on_finish
+
+    def delayed(req) -> None:
+        env.timeout(latency).callbacks.append(lambda _ev: on_finish(req))
+
+    return delayed
 
 
 class _Progress:

@@ -91,5 +91,15 @@ def print_summary(s: dict, out=None) -> None:
     console.print(f"KV: prefix hit rate {kv['prefix_hit_rate']:.1%}, peak usage {kv['peak_usage']:.1%} of "
                   f"{kv['capacity_tokens']:,} tokens; preemptions {s['preemptions']}; mean batch "
                   f"{s['batch']['mean_running']:.1f}")
+    classes = s.get("classes")
+    if classes:
+        ct = Table(title="per request class")
+        for c in ("class", "requests", "TTFT p99 (ms)", "SLO attainment", "goodput (req/s)"):
+            ct.add_column(c, justify="left" if c == "class" else "right")
+        for name, c in classes.items():
+            p99 = c["ttft_s"]["p99"]
+            ct.add_row(name, f"{c['requests']:,}", "-" if p99 is None else f"{p99 * 1e3:.1f}",
+                       f"{c['attainment']['both']:.1%}", _fmt(c["goodput_rps"]))
+        console.print(ct)
     console.print(f"simulated {sim['simulated_time_s']:.1f} s in {sim['wall_time_s']:.2f} s wall "
                   f"({sim['iterations']:,} iterations)" + (f"; outputs in {out}" if out else ""))

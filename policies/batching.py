@@ -10,8 +10,9 @@ A scheduler is a registered plugin (kind ``"scheduler"``) with two methods:
 
 The replica exposes ``waiting`` (a deque, head first), ``running`` (a list in admission order),
 ``kv`` (a `sim.kvcache.KVCacheManager`), ``engine`` (the `EngineConfig`), ``prefilling`` (running
-requests with prompt tokens left; O(1)), ``prefix_hits(request)``, and ``admit(request, hits)`` /
-``preempt(request)``.
+requests with prompt tokens left; O(1)), ``visible_until`` (waiting requests that arrived later are not
+seen yet: async scheduling planned this step while the last one ran), ``prefix_hits(request)``, and
+``admit(request, hits)`` / ``preempt(request)``.
 """
 from __future__ import annotations
 
@@ -122,8 +123,11 @@ class VLLMScheduler:
         kv = rep.kv
         waiting = rep.waiting
         running = rep.running
+        visible_until = rep.visible_until
         while waiting and budget > 0 and len(running) < cfg.max_num_seqs:
             req = waiting[0]
+            if req.arrival > visible_until:
+                break                 # async scheduling: it arrived after this step was planned
             hits = rep.prefix_hits(req)
             n = req.num_tokens - hits
             if n > budget:

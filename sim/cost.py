@@ -3,11 +3,17 @@
 An iteration runs every layer over the batch's new tokens. For each op we count FLOPs and bytes
 moved from the batch shape, the model, the dtypes and the tensor-parallel shard, and price it as
 
-    t_op = max(flops / (peak * eff_compute(M)), bytes / (bandwidth * eff_memory)) + n_kernels * floor
+    tc = flops / (peak * gemm_compute_eff),  tm = bytes / (bandwidth * mem_eff)
+    t_op = (tc^p + tm^p)^(1/p) + n_kernels * floor          (p = gemm_knee; p -> inf is the roofline max)
 
-plus two all-reduces per layer under TP, and a per-step engine overhead (`EngineProfile`).
-Efficiencies are named constants in `KernelConstants`, each with the measurement it comes from;
-`constants_table()` lists them for the docs.
+so a GEMM near the ridge point, where compute and memory traffic overlap imperfectly, is slower than
+either bound, and a tiny one costs its kernel floor. Attention adds a per-sequence (decode) or per-call
+and per-token (chunked prefill) cost. Under TP, two all-reduces per layer cost
+`latency + 2(n-1)/n * bytes / busbw` (`allreduce_time`). The engine's host work per step
+(`EngineProfile`) is added to the GPU time, or overlaps it (max) with async scheduling.
+Efficiencies are named constants in `KernelConstants`, each with the measurement it comes from
+(`constants_table()` lists them for the docs); `kernel_constants(gpu)` swaps in the values fitted for
+Hopper parts. The "ideal" profile is the plain roofline: full peaks, plain max, no floors or overheads.
 
 Speed matters: the engine prices tens of thousands of iterations per run. A batch is summarised
 by a `BatchShape` of a few sums; everything that depends only on the model, GPU and dtypes is
@@ -16,7 +22,8 @@ cached by (tokens, sampled sequences), and attention is priced from two sums in 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field, fields
+import math
+from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 
@@ -35,42 +42,101 @@ class KernelConstants:
     """Achieved fractions of peak and fixed per-kernel costs (all calibrated on ../shared/reference/).
 
     The metadata of each field says where its value comes from; docs render it with `constants_table()`.
+    experiments/validation/fit_kernels.py fits them; experiments/validation/kernels.py checks them.
     """
 
-    gemm_compute_eff: float = field(default=0.72, metadata={
+    gemm_compute_eff: float = field(default=0.736, metadata={
         "unit": "fraction of dense peak",
-        "source": "Vidur A100 linear-op profiles (Llama-2-7B, Llama-3-8B, TP 1-8), rows with >= 512 tokens: "
-                  "achieved FLOP/s of cuBLAS GEMMs; fitted by experiments/validation/fit_kernels.py"})
-    gemm_half_rows: float = field(default=24.0, metadata={
-        "unit": "tokens",
-        "source": "same profiles: GEMMs with few rows fill fewer tiles; eff(M) = eff * M / (M + half_rows)"})
-    mem_eff: float = field(default=0.80, metadata={
+        "source": "Vidur A100 linear-op profiles (Llama-2-7B, Llama-3-8B, TP 1-8, 1-32k tokens): achieved "
+                  "FLOP/s of the compute-bound cuBLAS GEMMs; least squares with the other gemm constants "
+                  "(experiments/validation/fit_kernels.py, family gemm)"})
+    gemm_knee: float = field(default=1.46, metadata={
+        "unit": "exponent p",
+        "source": "same profiles: GEMMs near the ridge point are slower than max(compute, memory) because the "
+                  "two do not overlap perfectly; t = (tc^p + tm^p)^(1/p), p fitted (family gemm)"})
+    mem_eff: float = field(default=0.811, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "same profiles, 1-16 token rows (weight streaming, memory-bound GEMV)"})
-    kernel_floor_s: float = field(default=4.0e-6, metadata={
+        "source": "same profiles, weight-streaming GEMMs at 1-64 tokens (memory-bound GEMV), fitted with the "
+                  "per-kernel floor (family gemm); cross-checked by gpt-fast bf16 batch-1 decode"})
+    kernel_floor_s: float = field(default=5.0e-6, metadata={
         "unit": "s per kernel",
-        "source": "same profiles: intercept of time vs weight bytes at 1 token (launch + tail of a kernel)"})
-    attn_decode_mem_eff: float = field(default=0.87, metadata={
+        "source": "same profiles: time of a small memory-bound GEMM beyond its bytes / bandwidth (launch, "
+                  "ramp-up and tail of one kernel), fitted (family gemm)"})
+    attn_decode_mem_eff: float = field(default=0.94, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "Vidur A100 decode-attention points (Llama-2-7B, batch 32-128, context ~1.7k): KV bytes / time"})
-    attn_prefill_compute_eff: float = field(default=0.30, metadata={
+        "source": "Vidur A100 paged decode-attention points (Llama-2-7B, batch 1-128, context 32-1.7k): "
+                  "KV bytes / time, fitted with attn_decode_seq_s (family attention)"})
+    attn_decode_seq_s: float = field(default=1.0e-6, metadata={
+        "unit": "s per sequence per layer",
+        "source": "same points: short-context decode attention costs a fixed time per sequence (one "
+                  "thread block per sequence and head walks its block table), fitted (family attention)"})
+    attn_prefill_compute_eff: float = field(default=0.312, metadata={
         "unit": "fraction of dense peak",
-        "source": "Vidur A100 prefill-attention points (chunks 64-288 over context 0-4k): causal FLOPs / time"})
+        "source": "Vidur A100 prefill-attention points (chunks 64-288 over context 0-4k): causal FLOPs / time, "
+                  "fitted with attn_prefill_floor_s (family attention)"})
+    attn_prefill_floor_s: float = field(default=13.2e-6, metadata={
+        "unit": "s per layer",
+        "source": "same points: fixed cost of the chunked-prefill attention call (varlen metadata, paged-KV "
+                  "gather) beyond the kernel floor, fitted (family attention)"})
+    attn_prefill_token_s: float = field(default=5.7e-8, metadata={
+        "unit": "s per query token per layer",
+        "source": "same points: short chunks reach less of peak (partial query tiles, per-token K/V cache "
+                  "write and rotary), fitted (family attention)"})
     elementwise_mem_eff: float = field(default=0.60, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "norm/activation kernels reach less bandwidth than GEMV; Vidur A100 per-layer totals minus GEMMs"})
-    int8_weight_only_mem_eff: float = field(default=0.64, metadata={
+    int8_weight_only_mem_eff: float = field(default=0.679, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV)"})
-    int4_weight_only_mem_eff: float = field(default=0.45, metadata={
+        "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV), fitted (family gpt-fast)"})
+    int4_weight_only_mem_eff: float = field(default=0.508, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV)"})
-    moe_expert_mem_eff: float = field(default=0.70, metadata={
+        "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV), "
+                  "fitted (family gpt-fast)"})
+    moe_expert_mem_eff: float = field(default=1.0, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "grouped expert GEMMs stream many small weight matrices; gpt-fast Mixtral-8x7B rows"})
+        "source": "cap on the bandwidth of the grouped expert GEMMs (they stream many small matrices); fitted on "
+                  "the gpt-fast Mixtral-8x7B rows (family gpt-fast), where it went to the dense weight-streaming "
+                  "efficiency: no MoE-specific penalty is visible, so 1.0 (experts stream like dense weights)"})
+    nccl_allreduce_latency_s: float = field(default=50e-6, metadata={
+        "unit": "s per all-reduce",
+        "source": "Vidur DGX-A100 NCCL all-reduce, 2/4/8 GPUs, messages >= 1 MiB: intercept of time vs "
+                  "2(n-1)/n x bytes / bus bandwidth (NCCL's Simple protocol), fitted (family allreduce); "
+                  "used for messages above the engine's small_allreduce_max_bytes"})
 
 
 CONSTANTS = KernelConstants()
+
+
+# Hopper parts (H100, H200, GH200): fitted on the vLLM H100 runs (experiments/validation/fit_vllm.py), which
+# the A100 kernel families cannot see. name -> (value, source). `kernel_constants(gpu)` applies them.
+HOPPER_PREFIXES = ("h100", "h200", "gh200")
+HOPPER_OVERRIDES: dict[str, tuple[float, str]] = {
+    "gemm_knee": (2.25, "vLLM H100 runs (experiments/validation/fit_vllm.py): mean TTFT, E2E and ITL per rate stage "
+                        "of the 18 normal-load runs; Hopper GEMMs overlap weight streaming and math better near "
+                        "the ridge point (A100 profiles: 1.46). Fitted free with mem_eff, which came out at "
+                        "0.8125, the A100 value, so mem_eff is not replaced"),
+    "kernel_floor_s": (3.52e-6, "same fit: the small models' step times (hundreds of short kernels per step "
+                                "replayed from CUDA graphs); A100 profiles: 5.0 us"),
+    "attn_decode_seq_s": (0.096e-6, "same fit: FlashAttention's paged decode (vLLM V1 on H100) costs far less per "
+                                    "sequence than the A100 paged-attention kernel Vidur profiled (1.0 us)"),
+    "moe_expert_mem_eff": (0.719, "same fit: Llama-4-Scout FP8 and Mixtral-8x22B decode, vLLM's fused_moe kernel "
+                                  "streams expert weights at 0.72 of peak (gpt-fast's A100 MoE kernel: no penalty)"),
+}
+
+
+def kernel_constants(gpu: GPUSpec | str | None = None, base: KernelConstants = CONSTANTS) -> KernelConstants:
+    """The kernel constants for `gpu`: `base` with the per-generation values that replace the A100-fitted ones."""
+    name = gpu if isinstance(gpu, str) or gpu is None else gpu.name
+    if name and name.lower().startswith(HOPPER_PREFIXES) and HOPPER_OVERRIDES:
+        return replace(base, **{k: v for k, (v, _) in HOPPER_OVERRIDES.items()})
+    return base
+
+
+def gpu_overrides_table() -> list[dict]:
+    """The per-generation replacements of `kernel_constants` (for the docs)."""
+    units = {f.name: f.metadata["unit"] for f in fields(KernelConstants)}
+    return [{"name": k, "gpus": ", ".join(HOPPER_PREFIXES), "value": v, "unit": units[k], "source": src}
+            for k, (v, src) in HOPPER_OVERRIDES.items()]
 
 
 def constants_table(constants: KernelConstants = CONSTANTS) -> list[dict]:
@@ -91,8 +157,11 @@ class EngineProfile:
     cuda_graphs: bool
     kernel_launch_s: float
     source: str
-    allreduce_latency_s: float = 25.0e-6   # per TP all-reduce (vLLM/TRT-LLM use custom one-shot kernels on NVLink)
+    allreduce_latency_s: float = 25.0e-6   # per TP all-reduce up to small_allreduce_max_bytes
+    small_allreduce_max_bytes: float = 2.0**20   # above: NCCL's bandwidth protocol (KernelConstants latency)
     frontend_latency_s: float = 0.0        # per request: API server, tokenisation, streaming the first/last token
+    per_token_overhead_s: float = 0.0      # per new token of the step (host-side input preparation)
+    async_scheduling: bool = False         # host work of the next step overlaps the GPU: step = max(host, GPU)
     roofline_only: bool = False
 
 
@@ -201,7 +270,7 @@ class CostModel:
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str | None = None,
                  kv_dtype: str | None = None, engine: str | EngineProfile = "vllm",
-                 act_dtype: str = "bf16", constants: KernelConstants = CONSTANTS,
+                 act_dtype: str = "bf16", constants: KernelConstants | None = None,
                  flash_attention: bool = True) -> None:
         self.model, self.gpu, self.tp = model, gpu, tp
         self.weight_dtype = (weight_dtype or model.default_weight_dtype).lower()
@@ -209,14 +278,23 @@ class CostModel:
                                       self.weight_dtype if self.weight_dtype in KV_DTYPES else "bf16")).lower()
         self.act_dtype = act_dtype
         self.engine = engine if isinstance(engine, EngineProfile) else get_engine_profile(engine)
+        # explicit constants are used as given; by default the GPU generation's (see kernel_constants)
+        constants = kernel_constants(gpu) if constants is None else constants
         self.k = constants
         self.flash_attention = flash_attention
         _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
         ideal = self.engine.roofline_only
         self._ideal = ideal
+        # without CUDA graphs the host launches every kernel: each costs at least the launch time
         self._floor = 0.0 if ideal else (constants.kernel_floor_s if self.engine.cuda_graphs
                                          else max(constants.kernel_floor_s, self.engine.kernel_launch_s))
-        self._half_rows = 0.0 if ideal else constants.gemm_half_rows
+        self._knee = math.inf if ideal else constants.gemm_knee
+        self._dec_seq = 0.0 if ideal else constants.attn_decode_seq_s
+        # decode attention is two kernels (split-KV partials, then their reduction); chunked prefill one
+        # varlen call with a fixed cost of its own and a cost per query token
+        self._dec_floor = 2 * self._floor
+        self._pre_floor = 0.0 if ideal else self._floor + constants.attn_prefill_floor_s
+        self._pre_tok = 0.0 if ideal else constants.attn_prefill_token_s
         self._ops = self._build_linear_ops()
         self._attn = self._attention_coefficients()
         self._collective = self._allreduce_coefficients()
@@ -316,16 +394,28 @@ class CostModel:
                 peak * self._eff(self.k.attn_prefill_compute_eff), bw * self._eff(self.k.mem_eff),
                 peak, bw * self._eff(self.k.attn_decode_mem_eff))
 
-    def _allreduce_coefficients(self) -> tuple[float, float]:
-        """(latency, seconds per byte) of one ring all-reduce over the scale-up link; (0, 0) without TP."""
+    def _allreduce_coefficients(self) -> tuple[float, float, float, float]:
+        """(latency of a small message, latency of a large one, the size between them, seconds per byte
+        of the ring's bus traffic) of one all-reduce over the scale-up link; all 0 without TP."""
         n = self.tp
         if n == 1:
-            return 0.0, 0.0
+            return 0.0, 0.0, 0.0, 0.0
         link = self.gpu.scaleup or self.gpu.host_link
         spec = get_link(link)
         bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
-        latency = 0.0 if self._ideal else self.engine.allreduce_latency_s
-        return latency, 2.0 * (n - 1) / n / bw
+        if self._ideal:
+            return 0.0, 0.0, math.inf, 2.0 * (n - 1) / n / bw
+        small = self.engine.allreduce_latency_s
+        large = max(small, self.k.nccl_allreduce_latency_s)
+        return small, large, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
+
+    def _allreduce_time(self, tokens: int) -> float:
+        """Both all-reduces of every layer (after attention and after the FFN) for `tokens` rows."""
+        small, large, limit, per_byte = self._collective
+        if not per_byte:
+            return 0.0
+        msg = tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
+        return 2 * self.model.num_layers * ((small if msg <= limit else large) + msg * per_byte)
 
     # ----------------------------------------------------------------- memory
     @property
@@ -349,11 +439,7 @@ class CostModel:
         key = (tokens, sampled)
         t = self._cache.get(key)
         if t is None:
-            t = sum(self._op_cost(op, tokens, sampled).time_s for op in self._ops)
-            lat, per_byte = self._collective
-            if per_byte:
-                t += 2 * self.model.num_layers * (lat + tokens * self.model.hidden_size
-                                                  * DTYPE_BYTES[self.act_dtype] * per_byte)
+            t = sum(self._op_cost(op, tokens, sampled).time_s for op in self._ops) + self._allreduce_time(tokens)
             self._cache[key] = t
         return t
 
@@ -367,15 +453,15 @@ class CostModel:
         nbytes = weights + op.bytes_per_token * tokens + op.bytes_per_sample * sampled
         if rows <= 0:
             return OpCost(op.name, 0.0, 0.0, 0.0, "latency")
-        eff_rows = rows / op.moe_experts * op.moe_top_k if op.moe_experts else rows
-        compute_rate = op.compute_peak * (self._eff(self.k.gemm_compute_eff) * eff_rows / (eff_rows + self._half_rows)
-                                          if op.gemm else self._eff(self.k.gemm_compute_eff))
-        tc = flops / compute_rate
+        tc = flops / (op.compute_peak * self._eff(self.k.gemm_compute_eff))
         tm = nbytes / op.bandwidth
         floor = op.kernels * self._floor
-        t = max(tc, tm) + floor
+        p = self._knee
+        # the roofline's max, smoothed near the ridge point where compute and memory traffic overlap imperfectly
+        body = max(tc, tm) if p == math.inf or not (tc and tm) else (tc ** p + tm ** p) ** (1.0 / p)
+        t = body + floor
         bound = "compute" if tc >= tm else "memory"
-        if floor > max(tc, tm):
+        if floor > body:
             bound = "latency"
         return OpCost(op.name, op.count * t, op.count * flops, op.count * nbytes, bound)
 
@@ -386,16 +472,17 @@ class CostModel:
         t = self._linear_time(b.tokens, b.sampled)
         pf, df, kv_tok, q_bytes, p_rate, p_bw, d_rate, d_bw = self._attn
         L = self.model.num_layers
-        floor = self._floor
         if b.prefill_seqs:
             t += L * (max(pf * b.prefill_attn / p_rate, (b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes
-                                                         + b.prefill_attn * self._score_bytes) / p_bw) + floor)
+                                                         + b.prefill_attn * self._score_bytes) / p_bw)
+                      + self._pre_floor + self._pre_tok * b.prefill_tokens)
         if b.decode_seqs:
             t += L * (max(df * b.decode_ctx / d_rate, (b.decode_ctx * kv_tok + b.decode_seqs * q_bytes) / d_bw)
-                      + floor)
+                      + self._dec_floor + self._dec_seq * b.decode_seqs)
         e = self.engine
-        return (t + e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
-                + e.per_prefill_seq_overhead_s * b.prefill_seqs)
+        host = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
+                + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
+        return max(t, host) if e.async_scheduling else t + host
 
     def decode_run_times(self, seqs: int, ctx_sum: int, steps: int, extra: BatchShape | None = None):
         """Times of `steps` consecutive pure-decode iterations of `seqs` sequences whose context sum starts
@@ -410,9 +497,11 @@ class CostModel:
         _, df, kv_tok, q_bytes, _, _, d_rate, d_bw = self._attn
         ctx = ctx_sum + seqs * np.arange(steps, dtype=np.float64)
         L = self.model.num_layers
-        attn = L * (np.maximum(df * ctx / d_rate, (ctx * kv_tok + seqs * q_bytes) / d_bw) + self._floor)
+        attn = L * (np.maximum(df * ctx / d_rate, (ctx * kv_tok + seqs * q_bytes) / d_bw) + self._dec_floor
+                    + self._dec_seq * seqs)
         e = self.engine
-        return (base + attn + e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0)
+        host = e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0 + e.per_token_overhead_s * seqs
+        return np.maximum(base + attn, host) if e.async_scheduling else base + attn + host
 
     def breakdown(self, b: BatchShape) -> list[OpCost]:
         """Per-op costs of one iteration (summed over layers), in execution order, for `estimate`."""
@@ -424,26 +513,40 @@ class CostModel:
             fl = pf * b.prefill_attn
             by = b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes + b.prefill_attn * self._score_bytes
             tc, tm = fl / p_rate, by / p_bw
-            attn_rows.append(OpCost("attention_prefill", L * (max(tc, tm) + self._floor), L * fl, L * by,
-                                    "compute" if tc >= tm else "memory"))
+            attn_rows.append(OpCost("attention_prefill", L * (max(tc, tm) + self._pre_floor
+                                                              + self._pre_tok * b.prefill_tokens),
+                                    L * fl, L * by, "compute" if tc >= tm else "memory"))
         if b.decode_seqs:
             fl = df * b.decode_ctx
             by = b.decode_ctx * kv_tok + b.decode_seqs * q_bytes
             tc, tm = fl / d_rate, by / d_bw
-            attn_rows.append(OpCost("attention_decode", L * (max(tc, tm) + self._floor), L * fl, L * by,
-                                    "compute" if tc >= tm else "memory"))
+            attn_rows.append(OpCost("attention_decode", L * (max(tc, tm) + self._dec_floor
+                                                             + self._dec_seq * b.decode_seqs),
+                                    L * fl, L * by, "compute" if tc >= tm else "memory"))
         out = rows[:1] + attn_rows + rows[1:]
-        lat, per_byte = self._collective
-        if per_byte:
+        if self._collective[3]:
             msg = b.tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
-            out.append(OpCost("tp_allreduce", 2 * self.model.num_layers * (lat + msg * per_byte), 0.0,
+            out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,
                               2 * self.model.num_layers * msg, "network"))
         e = self.engine
         overhead = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
-                    + e.per_prefill_seq_overhead_s * b.prefill_seqs)
+                    + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
+        if e.async_scheduling:
+            # the host prepares the next step while this one runs: only what the GPU time does not hide shows
+            overhead = max(overhead - sum(r.time_s for r in out), 0.0)
         if overhead:
             out.append(OpCost("engine_overhead", overhead, 0.0, 0.0, "latency"))
         return [r for r in out if r.time_s > 0 or r.flops > 0]
+
+
+def allreduce_time(nbytes: float, n: int, bus_bw: float, latency: float) -> float:
+    """Seconds of one ring all-reduce of `nbytes` over `n` GPUs: latency + 2(n-1)/n x bytes / bus bandwidth.
+
+    `bus_bw` is the achievable per-GPU bandwidth in one direction (NCCL's "busbw"); fitted on the Vidur
+    DGX-A100 NCCL table in experiments/validation (family allreduce)."""
+    if n <= 1:
+        return 0.0
+    return latency + 2.0 * (n - 1) / n * nbytes / bus_bw
 
 
 def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str) -> None:
@@ -461,5 +564,6 @@ def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dty
         raise ConfigError(f"model.kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
 
 
-__all__ = ["BatchShape", "CostModel", "EngineProfile", "KernelConstants", "OpCost", "CONSTANTS",
-           "constants_table", "get_engine_profile", "list_engine_profiles"]
+__all__ = ["BatchShape", "CostModel", "EngineProfile", "KernelConstants", "OpCost", "CONSTANTS", "HOPPER_OVERRIDES",
+           "allreduce_time", "constants_table", "get_engine_profile", "gpu_overrides_table", "kernel_constants",
+           "list_engine_profiles"]

@@ -47,17 +47,25 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     max_model_len: int = 4096
     preemption_mode: str = "recompute"
+    async_scheduling: bool = False   # vLLM V1 --async-scheduling: step n+1 is planned while step n runs
 
 
 class RequestLog:
-    """Per-request records as compact columns (arrays of doubles/ints), not objects."""
+    """Per-request records as compact columns (arrays of doubles/ints), not objects.
+
+    ``tenant`` is stored as a code into ``tenants`` (-1 = none) and returned as an object array of
+    names (None where untagged); a missing SLO is NaN.
+    """
 
     COLUMNS = ("request_id", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
-               "input_tokens", "output_tokens", "cached_tokens", "preemptions", "recomputed_tokens", "stage")
-    _TYPES = "qqddddqqqqqq"
+               "input_tokens", "output_tokens", "cached_tokens", "preemptions", "recomputed_tokens", "stage",
+               "tenant", "priority", "slo_ttft_s", "slo_tpot_s")
+    _TYPES = "qqddddqqqqqqqqdd"
 
     def __init__(self) -> None:
         self.cols = {c: array(t) for c, t in zip(self.COLUMNS, self._TYPES)}
+        self.tenants: list[str] = []
+        self._tenant_code: dict[str, int] = {}
 
     def add(self, r: Request) -> None:
         c = self.cols
@@ -73,13 +81,31 @@ class RequestLog:
         c["preemptions"].append(r.preemptions)
         c["recomputed_tokens"].append(r.recomputed_tokens)
         c["stage"].append(r.stage)
+        t = r.tenant
+        if t is None:
+            code = -1
+        else:
+            code = self._tenant_code.get(t)
+            if code is None:
+                code = self._tenant_code[t] = len(self.tenants)
+                self.tenants.append(t)
+        c["tenant"].append(code)
+        c["priority"].append(r.priority)
+        c["slo_ttft_s"].append(_NAN if r.slo_ttft_s is None else r.slo_ttft_s)
+        c["slo_tpot_s"].append(_NAN if r.slo_tpot_s is None else r.slo_tpot_s)
 
     def __len__(self) -> int:
         return len(self.cols["request_id"])
 
     def arrays(self) -> dict[str, np.ndarray]:
-        return {k: np.frombuffer(v, dtype=np.float64 if v.typecode == "d" else np.int64) if len(v) else
-                np.zeros(0, dtype=np.float64 if v.typecode == "d" else np.int64) for k, v in self.cols.items()}
+        out = {k: np.frombuffer(v, dtype=np.float64 if v.typecode == "d" else np.int64) if len(v) else
+               np.zeros(0, dtype=np.float64 if v.typecode == "d" else np.int64) for k, v in self.cols.items()}
+        names = np.array(self.tenants + [None], dtype=object)
+        out["tenant"] = names[out["tenant"]]      # code -1 picks the trailing None
+        return out
+
+
+_NAN = float("nan")
 
 
 class StepLog:
@@ -118,9 +144,17 @@ class Replica:
         self._prefilling = self._min_left = self._min_slack = self._ctx_sum = 0
         self._admitted = 0
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
+        # Arrivals up to this time may be scheduled at the current scheduling point. With async
+        # scheduling the plan for the next step was made when the last step started, so requests that
+        # arrived during that step wait one more step (unless the replica was idle).
+        self.visible_until = float("inf")
+        self._lag = 2 if engine.async_scheduling else 1     # steps an interrupted run still runs
         self.cohort = (DecodeCohort(engine.block_size)
                        if self.fast and hasattr(scheduler, "schedule_cohort") else None)
         self.explicit: list[Request] = []   # with a cohort: running requests outside it (prefilling)
+        # (start, end, tokens, batch size) per step when the caller asks for it (timeline, Chrome trace);
+        # None (the default) records nothing
+        self.step_records: list | None = None
         self.proc = env.process(self._loop())
 
     # ------------------------------------------------------------ arrivals and policy hooks
@@ -191,6 +225,7 @@ class Replica:
                 self._wake = env.event()
                 yield self._wake
                 self.clock = env.now
+                self.visible_until = float("inf")
             if self.cohort is not None:
                 yield from self._cohort_iteration()
                 continue
@@ -206,16 +241,26 @@ class Replica:
         env = self.env
         batch = self.scheduler.schedule(self)
         if not batch:
-            # nothing fits (e.g. every waiting request needs more KV than exists): wait for a change
-            self._wake = env.event()
-            yield self._wake
-            self.clock = max(self.clock, env.now)
+            yield from self._idle()
             return
         dt = self.cost.step_time(_shape_of(batch))
-        end = self.clock + dt
+        start = self.clock
+        end = start + dt
         yield env.timeout(end - env.now)
         self.clock = end
+        self.visible_until = start if self.engine.async_scheduling else end
         self._finish_step(batch, dt, end)
+
+    def _idle(self):
+        """Nothing to run. If waiting requests were only hidden by async scheduling, the engine plans
+        again at once and sees them; otherwise (nothing fits) it waits for an arrival."""
+        if self.waiting and self.waiting[0].arrival > self.visible_until:
+            self.visible_until = float("inf")
+            return
+        self._wake = self.env.event()
+        yield self._wake
+        self.clock = max(self.clock, self.env.now)
+        self.visible_until = float("inf")
 
     def _finish_step(self, batch, dt: float, end: float) -> None:
         st = self.steps
@@ -252,6 +297,8 @@ class Replica:
             if slack < min_slack:
                 min_slack = slack
         st.tokens += tokens
+        if self.step_records is not None:
+            self.step_records.append((end - dt, end, tokens, len(batch)))
         self._stats_valid = len(self.running) == len(batch)
         self._prefilling, self._min_left, self._min_slack, self._ctx_sum = prefilling, min_left, min_slack, ctx
         if gaps:
@@ -267,7 +314,13 @@ class Replica:
         req.finish = end
         req.state = FINISHED
         self.running.remove(req)
-        self.kv.free(req.id)
+        if req.output_key is not None and self.engine.enable_prefix_caching:
+            # vLLM keeps a finished request's full blocks cached; only a later prompt that contains
+            # this output (the next turn of a conversation) can hit them, so only those are hashed
+            segs = (req.segments or ((("req", req.id), req.prompt_len),)) + ((req.output_key, req.generated),)
+            self.kv.free(req.id, self.kv.block_hashes(segs, req.num_computed))
+        else:
+            self.kv.free(req.id)
         self.log.add(req)
         if self.on_finish is not None:
             self.on_finish(req)
@@ -290,9 +343,7 @@ class Replica:
             self._rebuild_cohort()
             return
         if not batch and not cohort.size:
-            self._wake = self.env.event()
-            yield self._wake
-            self.clock = max(self.clock, self.env.now)
+            yield from self._idle()
             return
         yield from self._cohort_step(batch)
 
@@ -316,9 +367,11 @@ class Replica:
         cohort = self.cohort
         seqs = cohort.size
         dt = self.cost.step_time(_shape_of(batch, seqs, cohort.ctx))
-        end = self.clock + dt
+        start = self.clock
+        end = start + dt
         yield self.env.timeout(end - self.env.now)
         self.clock = end
+        self.visible_until = start if self.engine.async_scheduling else end
         cohort.advance(1)
         st = self.steps
         st.iterations += 1
@@ -346,6 +399,8 @@ class Replica:
                 else:
                     joiners.append(req)
         st.tokens += tokens
+        if self.step_records is not None:
+            self.step_records.append((end - dt, end, tokens, len(batch) + seqs))
         if gaps:
             st.itl.append(dt)
             st.itl_weight.append(gaps)
@@ -383,7 +438,7 @@ class Replica:
             done = k
         except simpy.Interrupt:
             j = int(np.searchsorted(ends, env.now, side="left"))
-            done = min(j + 1, k)
+            done = min(j + self._lag, k)
             yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         kv = self.kv
@@ -407,9 +462,19 @@ class Replica:
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
         end = float(ends[done - 1])
+        if self.step_records is not None:
+            self._record_run(ends[:done], seqs)
+        last_start = float(ends[done - 2]) if done >= 2 else self.clock
+        self.visible_until = last_start if self.engine.async_scheduling else end
         self.clock = end
         for req in cohort.pop_finished():
             self._complete(req, end)
+
+    def _record_run(self, ends: np.ndarray, seqs: int) -> None:
+        """Step records of a fast-forwarded run (called before `clock` moves to its end)."""
+        e = ends.tolist()
+        n = len(e)
+        self.step_records.extend(zip([self.clock] + e[:-1], e, [seqs] * n, [seqs] * n))
 
     # ------------------------------------------------------------ fast-forward
     def _run_length(self) -> int:
@@ -452,7 +517,7 @@ class Replica:
         except simpy.Interrupt:
             # an arrival: finish the step in progress, where the per-iteration loop would look again
             j = int(np.searchsorted(ends, env.now, side="left"))
-            done = min(j + 1, k)
+            done = min(j + self._lag, k)
             yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         self._apply_run(running, times[:done], ends[:done])
@@ -511,6 +576,10 @@ class Replica:
         usage = kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
+        if self.step_records is not None:
+            self._record_run(ends, seqs)
+        last_start = float(ends[-2]) if steps >= 2 else self.clock
+        self.visible_until = last_start if self.engine.async_scheduling else end
         self.clock = end
         for req in done:
             self._complete(req, end)
@@ -540,8 +609,10 @@ def _by_seq(req: Request) -> int:
 
 def request_from_spec(spec) -> Request:
     """The engine's mutable request for a workload's RequestSpec."""
-    return Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
-                   spec.session_id, spec.stage)
+    req = Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
+                  spec.session_id, spec.stage, spec.tenant, spec.priority, spec.slo_ttft_s, spec.slo_tpot_s)
+    req.output_key = spec.output_key
+    return req
 
 
 def drive_arrivals(env: simpy.Environment, requests, route, on_arrival=None):

@@ -15,13 +15,19 @@ from .hardware import DTYPE_BYTES
 
 GIB = 2**30
 
-# Memory outside the weights, the activations and the KV cache, per GPU (CUDA graphs, NCCL and
-# cuBLAS workspaces, allocator slack). Fitted on the KV block counts vLLM v0.15.1 logged for
-# the runs of ../shared/reference/vllm_runs/experiments.csv (kv_blocks_gpu); see docs/VALIDATION.md.
-NON_TORCH_OVERHEAD_BYTES = 0.30 * GIB
-# Activation bytes per token of the profiling pass, in units of (hidden + 2*intermediate/tp) * act bytes
-# (the SwiGLU up/gate output dominates), plus the sampler's fp32 logits for max_num_seqs rows.
-ACTIVATION_FACTOR = 2.0
+# The constants below are fitted (experiments/validation/fit_vllm.py, `fit_memory`) on the KV block
+# counts vLLM v0.15.1 logged for the runs of ../shared/reference/vllm_runs/experiments.csv (kv_blocks_gpu,
+# 10 distinct text-model deployments, H100, TP 1-4); docs/VALIDATION.md has the per-run table.
+#
+# Memory outside the weights, the activations and the KV cache, per GPU: CUDA context and graphs, NCCL
+# and cuBLAS workspaces, allocator slack.
+NON_TORCH_OVERHEAD_BYTES = 0.817 * GIB
+# Peak activation of the profiling forward pass per token, in units of (hidden + 2 x intermediate / tp) x
+# activation bytes: the SwiGLU gate/up output and the residual stream, with the allocator's reuse.
+ACTIVATION_FACTOR = 1.65
+# The sampler's profiling pass holds this many fp32 [max_num_seqs, vocab] tensors at its peak (logits,
+# a second full-vocabulary buffer, e.g. the probabilities).
+SAMPLER_VOCAB_COPIES = 1.8
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,23 +49,30 @@ class MemoryPlan:
 
 
 def plan_memory(cost: CostModel, gpu_memory_utilization: float = 0.9, max_num_batched_tokens: int = 8192,
-                max_num_seqs: int = 256, block_size: int = 16, strict: bool = True) -> MemoryPlan:
-    """KV capacity of one replica. With `strict`, refuse a deployment whose weights do not fit."""
+                max_num_seqs: int = 256, block_size: int = 16, strict: bool = True, *,
+                overhead_bytes: float | None = None, activation_factor: float | None = None,
+                sampler_copies: float | None = None) -> MemoryPlan:
+    """KV capacity of one replica. With `strict`, refuse a deployment whose weights do not fit.
+
+    The keyword-only arguments replace the module's fitted constants (for fitting them)."""
+    overhead = NON_TORCH_OVERHEAD_BYTES if overhead_bytes is None else overhead_bytes
+    act_factor = ACTIVATION_FACTOR if activation_factor is None else activation_factor
+    copies = SAMPLER_VOCAB_COPIES if sampler_copies is None else sampler_copies
     m, t = cost.model, cost.tp
     usable = cost.gpu.usable_memory_bytes * gpu_memory_utilization
     weights = cost.weight_bytes_per_gpu
     ab = DTYPE_BYTES[cost.act_dtype]
     inter = (m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size)
-    activation = (ACTIVATION_FACTOR * max_num_batched_tokens * (m.hidden_size + 2 * inter / t) * ab
-                  + max_num_seqs * m.vocab_size * 4.0)
-    free = usable - weights - activation - NON_TORCH_OVERHEAD_BYTES
+    activation = (act_factor * max_num_batched_tokens * (m.hidden_size + 2 * inter / t) * ab
+                  + copies * max_num_seqs * m.vocab_size * 4.0)
+    free = usable - weights - activation - overhead
     if strict and free <= 0:
         raise DeploymentError(
             f"{m.name} does not fit on {cost.gpu.name} with tp={t}: weights {weights / 1e9:.1f} GB + activations "
-            f"{activation / 1e9:.1f} GB + overhead {NON_TORCH_OVERHEAD_BYTES / 1e9:.1f} GB per GPU exceed "
+            f"{activation / 1e9:.1f} GB + overhead {overhead / 1e9:.1f} GB per GPU exceed "
             f"{usable / 1e9:.1f} GB usable (gpu_memory_utilization={gpu_memory_utilization}); "
             f"raise tp, use a smaller weight_dtype, or a larger GPU")
     kv_tok = cost.kv_bytes_per_token_per_gpu
     num_blocks = max(0, int(free // (kv_tok * block_size)))
-    return MemoryPlan(usable / 1e9, weights / 1e9, activation / 1e9, NON_TORCH_OVERHEAD_BYTES / 1e9,
+    return MemoryPlan(usable / 1e9, weights / 1e9, activation / 1e9, overhead / 1e9,
                       max(free, 0) / 1e9, kv_tok, block_size, num_blocks, num_blocks * block_size)

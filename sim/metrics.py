@@ -4,6 +4,12 @@ Definitions follow vLLM's benchmark client: TTFT from arrival to first token; TP
 (E2E - TTFT) / (output tokens - 1); ITL over every gap between consecutive tokens (each decode step
 contributes its duration once per sequence that received a token in it); E2E from arrival to the
 last token.
+
+Request classes (`workloads.classes`): when any request carries a tenant or an SLO, the summary gets
+a ``classes`` section, one entry per tenant ("default" for untagged requests): TTFT/TPOT
+distributions, SLO attainment (the fraction of completed requests within their TTFT target, TPOT
+target, and both; a request without a target meets it, and so does the TPOT of a one-token output)
+and goodput (completed requests within both targets per second of the run's span).
 """
 from __future__ import annotations
 
@@ -47,7 +53,7 @@ def summarize(records: dict[str, np.ndarray], steps, *, total_requests: int, dro
     span = float(finish.max() - arrival.min()) if completed else 0.0
     iterations = sum(s.iterations for s in steps)
     busy = sum(s.busy_s for s in steps)
-    return {
+    summary = {
         "requests": {"total": total_requests, "completed": completed, "dropped": dropped,
                      "unfinished": total_requests - completed},
         "ttft_s": distribution(ttft),
@@ -68,3 +74,49 @@ def summarize(records: dict[str, np.ndarray], steps, *, total_requests: int, dro
                   "busy_fraction": busy / sim_time / len(steps) if sim_time > 0 and steps else 0.0},
         "sim": {"simulated_time_s": sim_time, "wall_time_s": wall_time, "iterations": iterations},
     }
+    classes = class_summary(records, span)
+    if classes is not None:
+        summary["classes"] = classes
+    return summary
+
+
+def class_summary(records: dict[str, np.ndarray], span: float) -> dict | None:
+    """Per-class latency, SLO attainment and goodput; None when no request has a class or an SLO."""
+    tenant = records.get("tenant")
+    if tenant is None or len(tenant) == 0:
+        return None
+    nan = np.full(len(tenant), np.nan)
+    slo_ttft = records.get("slo_ttft_s", nan)
+    slo_tpot = records.get("slo_tpot_s", nan)
+    tagged = np.array([t is not None for t in tenant], dtype=bool)
+    if not tagged.any() and np.isnan(slo_ttft).all() and np.isnan(slo_tpot).all():
+        return None
+    out = records["output_tokens"]
+    ttft = records["first_token_s"] - records["arrival_s"]
+    multi = out > 1
+    tpot = np.full(len(out), np.nan)
+    tpot[multi] = (records["finish_s"][multi] - records["first_token_s"][multi]) / (out[multi] - 1)
+    with np.errstate(invalid="ignore"):
+        ok_ttft = np.isnan(slo_ttft) | (ttft <= slo_ttft)
+        ok_tpot = np.isnan(slo_tpot) | np.isnan(tpot) | (tpot <= slo_tpot)
+    ok = ok_ttft & ok_tpot
+    names = np.where(tagged, tenant, "default")
+    priority = records.get("priority", np.zeros(len(out), dtype=np.int64))
+    result = {}
+    for name in dict.fromkeys(names.tolist()):
+        m = names == name
+        i = int(np.flatnonzero(m)[0])
+        n = int(m.sum())
+        result[name] = {
+            "requests": n,
+            "priority": int(priority[i]),
+            "slo": {"ttft_s": None if np.isnan(slo_ttft[i]) else float(slo_ttft[i]),
+                    "tpot_s": None if np.isnan(slo_tpot[i]) else float(slo_tpot[i])},
+            "ttft_s": distribution(ttft[m]),
+            "tpot_s": distribution(tpot[m & multi]),
+            "attainment": {"ttft": float(ok_ttft[m].mean()), "tpot": float(ok_tpot[m].mean()),
+                           "both": float(ok[m].mean())},
+            "goodput_rps": float(ok[m].sum()) / span if span > 0 else None,
+            "throughput_rps": n / span if span > 0 else None,
+        }
+    return result

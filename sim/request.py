@@ -20,10 +20,12 @@ class Request:
 
     __slots__ = ("id", "arrival", "prompt_len", "output_len", "segments", "hashes", "num_tokens",
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
-                 "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick")
+                 "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick",
+                 "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
-                 session_id: str | None = None, stage: int = 0) -> None:
+                 session_id: str | None = None, stage: int = 0, tenant: str | None = None, priority: int = 0,
+                 slo_ttft_s: float | None = None, slo_tpot_s: float | None = None) -> None:
         self.id = rid
         self.arrival = arrival
         self.prompt_len = prompt_len
@@ -46,6 +48,11 @@ class Request:
         self.kv_slots = 0          # tokens the request's KV blocks can hold (blocks x block_size)
         self.seq = -1              # admission order in its replica (the running list is sorted by it)
         self.lazy_tick = -1        # >= 0 while in the replica's decode cohort (sim.cohort)
+        self.output_key = None     # cache the generated tokens under this key when finished (sessions)
+        self.tenant = tenant            # request class (workloads.classes): who sent it,
+        self.priority = priority        # how urgent it is (policies decide what that means),
+        self.slo_ttft_s = slo_ttft_s    # and the latency it was promised (None: no target)
+        self.slo_tpot_s = slo_tpot_s
 
     @property
     def remaining_prefill(self) -> int:

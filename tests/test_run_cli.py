@@ -64,7 +64,7 @@ def test_run_writes_outputs_and_prints_summary(tmp_path):
     p = servesim("run", cfg, "--out", out, "--json")
     assert p.returncode == 0, p.stderr
     printed = json.loads(p.stdout)
-    assert sorted(f.name for f in out.iterdir()) == ["config.yaml", "requests.parquet", "summary.json"]
+    assert sorted(f.name for f in out.iterdir()) == ["config.yaml", "report.html", "requests.parquet", "summary.json"]
     summary = json.loads((out / "summary.json").read_text())
     assert printed == summary
     assert summary["requests"]["total"] == summary["requests"]["completed"] == 20

@@ -30,7 +30,13 @@ CHUNK = 256
 
 @dataclass(slots=True)
 class RequestSpec:
-    """One request as the client sends it: when, how long the prompt, how many tokens back."""
+    """One request as the client sends it: when, how long the prompt, how many tokens back.
+
+    ``segments`` names the prompt's content (module docstring); ``session_id`` the conversation or
+    client it belongs to; ``stage`` the rate stage that sent it; ``tenant``, ``priority``,
+    ``slo_ttft_s`` and ``slo_tpot_s`` its request class (`workloads.classes`; None = no class / no
+    target), carried into the engine's request log and the per-class metrics.
+    """
 
     request_id: int
     arrival_s: float
@@ -39,10 +45,32 @@ class RequestSpec:
     segments: Segments | None = None
     session_id: str | None = None
     stage: int = 0
+    tenant: str | None = None
+    priority: int = 0
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
+    # Key under which the engine caches this request's generated tokens when it finishes, so that a
+    # later prompt containing them (the next turn of a conversation: segments + ((output_key, n), ...))
+    # hits the prefix cache. None: its output is not reused.
+    output_key: Hashable | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClassTag:
+    """A request class as carried on requests: tenant name, priority and SLO targets (None = no target)."""
+
+    tenant: str | None = None
+    priority: int = 0
+    slo_ttft_s: float | None = None
+    slo_tpot_s: float | None = None
 
 
 class Workload:
     """Base of every request stream: iterate it to get `RequestSpec` in arrival order.
+
+    A workload whose requests depend on earlier completions (closed-loop clients, conversations
+    paced after_finish) is not iterable; it has ``process(env, submit)``, a SimPy process that calls
+    ``submit(spec)``, and ``on_finish(request)``, which the engine calls at each completion.
 
     ``dropped`` counts requests removed (e.g. trace rows with 0 input or output tokens),
     ``clipped`` counts requests whose lengths were cut to fit ``max_model_len``, and
@@ -96,7 +124,8 @@ class ArrayWorkload(Workload):
 
     ``segments_for(lo, hi)`` returns the segments tuples of rows ``lo..hi-1`` (None for a
     unique prompt); it should return the same object for the same prompt. ``session_codes`` / ``session_names``
-    give each row's session as an index into a list of names (code -1 = no session).
+    give each row's session as an index into a list of names (code -1 = no session);
+    ``class_codes`` / ``classes`` likewise give each row's request class (`ClassTag`; -1 = none).
     Lengths are clipped to ``max_model_len`` here, once, and segments of clipped prompts are
     truncated to match.
     """
@@ -104,8 +133,10 @@ class ArrayWorkload(Workload):
     def __init__(self, arrival_s: np.ndarray, input_tokens: np.ndarray, output_tokens: np.ndarray,
                  *, stage: np.ndarray | None = None,
                  segments_for: Callable[[int, int], Sequence[Segments | None]] | None = None,
+                 output_keys_for: Callable[[int, int], Sequence[Hashable | None]] | None = None,
                  session_codes: np.ndarray | None = None, session_names: Sequence[str] | None = None,
-                 max_model_len: int | None = None, dropped: int = 0) -> None:
+                 max_model_len: int | None = None, dropped: int = 0,
+                 class_codes: np.ndarray | None = None, classes: Sequence[ClassTag] | None = None) -> None:
         n = len(arrival_s)
         if not (len(input_tokens) == len(output_tokens) == n):
             raise ValueError("arrival_s, input_tokens and output_tokens must have the same length")
@@ -116,16 +147,27 @@ class ArrayWorkload(Workload):
         self.input_tokens, self.output_tokens = inp, out
         self.stage = np.zeros(n, dtype=np.int64) if stage is None else np.asarray(stage, dtype=np.int64)
         self._segments_for = segments_for
+        self._output_keys_for = output_keys_for
         self._session_codes = session_codes
         self._session_names = list(session_names) if session_names is not None else None
         self.dropped = dropped
         self.expected_count = n
+        self.class_codes = None if class_codes is None else np.asarray(class_codes, dtype=np.int64)
+        self.classes = list(classes) if classes is not None else []
+
+    def set_classes(self, codes: np.ndarray, classes: Sequence[ClassTag]) -> None:
+        """Tag every row with a request class (``codes`` index ``classes``; -1 = untagged)."""
+        if len(codes) != len(self.arrival_s):
+            raise ValueError("one class code per request is needed")
+        self.class_codes = np.asarray(codes, dtype=np.int64)
+        self.classes = list(classes)
 
     def __iter__(self) -> Iterator[RequestSpec]:
         n = len(self.arrival_s)
         seg_for = self._segments_for
         trunc_cache: dict[tuple[Segments, int], Segments] = {}
         names = self._session_names
+        classes = self.classes
         for lo in range(0, n, CHUNK):
             hi = min(n, lo + CHUNK)
             arr = self.arrival_s[lo:hi].tolist()
@@ -135,6 +177,8 @@ class ArrayWorkload(Workload):
             cut = self._in_clipped[lo:hi].tolist()
             ses = self._session_codes[lo:hi].tolist() if self._session_codes is not None else None
             segl = seg_for(lo, hi) if seg_for is not None else None
+            okeys = self._output_keys_for(lo, hi) if self._output_keys_for is not None else None
+            cls = self.class_codes[lo:hi].tolist() if self.class_codes is not None else None
             for j in range(hi - lo):
                 segs = segl[j] if segl is not None else None
                 if segs is not None and cut[j]:
@@ -148,11 +192,20 @@ class ArrayWorkload(Workload):
                 sid = None
                 if ses is not None and ses[j] >= 0:
                     sid = names[ses[j]]
-                yield RequestSpec(lo + j, arr[j], inp[j], out[j], segs, sid, stg[j])
+                if cls is not None and cls[j] >= 0:
+                    c = classes[cls[j]]
+                    spec = RequestSpec(lo + j, arr[j], inp[j], out[j], segs, sid, stg[j],
+                                       c.tenant, c.priority, c.slo_ttft_s, c.slo_tpot_s)
+                else:
+                    spec = RequestSpec(lo + j, arr[j], inp[j], out[j], segs, sid, stg[j])
+                if okeys is not None:
+                    spec.output_key = okeys[j]
+                yield spec
 
 
 #: Fixed child index of each random component, so adding one never shifts the others' streams.
-COMPONENTS = {"arrivals": 0, "input_len": 1, "output_len": 2, "prompts": 3}
+COMPONENTS = {"arrivals": 0, "input_len": 1, "output_len": 2, "prompts": 3, "turns": 4, "think": 5,
+              "classes": 6, "sample": 7, "system": 8}
 
 
 def as_seed_sequence(seed: int | np.random.SeedSequence) -> np.random.SeedSequence:

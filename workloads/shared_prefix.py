@@ -59,4 +59,6 @@ class SharedPrefixStream(ArrayWorkload):
 def shared_prefix_workload(cfg: SharedPrefixWorkload, seed: int | np.random.SeedSequence,
                            max_model_len: int | None = None) -> SharedPrefixStream:
     """Shared-prefix pool traffic (inference-perf's shared_prefix data) at Poisson rate stages."""
-    return SharedPrefixStream(cfg, seed, max_model_len)
+    from .build import with_classes
+
+    return with_classes(SharedPrefixStream(cfg, seed, max_model_len), cfg, seed)

@@ -1,201 +1,227 @@
-"""Replay of recorded request traces (CSV or Parquet).
+"""Replay of recorded request traces, with transformations.
 
-Columns: ``arrival_time_s, input_tokens, output_tokens`` are required; ``prompt_id``,
-``prefix_group`` + ``prefix_len``, ``session_id`` and ``stage_index`` are optional; any other
-column is ignored. Arrival times are seconds, kept as given (not shifted), and must be
-non-negative and sorted. Rows with 0 input or 0 output tokens are dropped and counted in
-``dropped``.
+A trace file is read by its format's loader (`workloads.formats`) into a `TraceTable`, transformed,
+and wrapped as a `TraceStream` (an `ArrayWorkload`). Rows with 0 input or 0 output tokens are
+dropped and counted in ``dropped``.
 
-Prompt identity (``segments``) comes from the optional columns:
+Transformations, in this order: length ``filter``; ``arrival`` (a generated timeline replacing the
+trace's times, rows taken in order or shuffled and cycled if short); time ``window`` (shifted to
+start at 0); ``sample_fraction`` (each row kept with that probability); ``rate_scale`` k (k < 1:
+each row kept with probability k; k > 1: each row sent floor(k) or floor(k) + 1 times, mean k, the
+extra copies placed uniformly between the row and the next one, so bursts and the rate profile
+keep their shape; a copy's prompt identity is namespaced ``("copy", c, key)`` so copies do not hit
+each other's cache); ``time_scale``; ``max_requests``; request ``classes``.
 
-* ``prefix_group`` and ``prefix_len > 0``: ``(("grp", g), prefix_len)`` followed by the rest of
+Prompt identity (``segments``):
+
+* Mooncake ``hash_ids``: ``((h0, 512), (h1, 512), ..., (h_last, rest))`` -- a hash id names a
+  512-token block chained with its predecessors, so equal leading ids mean an equal prefix; tokens
+  beyond the listed blocks get a unique ``("req", request_id)`` segment.
+* csv ``prefix_group`` and ``prefix_len > 0``: ``(("grp", g), prefix_len)`` followed by the rest of
   the prompt, ``("prompt", prompt_id)`` when there is a prompt id, else the unique
   ``("req", request_id)``. A prefix longer than the prompt is cut to the prompt.
 * only ``prompt_id``: the whole prompt is ``(("prompt", pid), input_tokens)``.
 * neither: None (a unique prompt).
 
 Rows with the same (prompt_id, prefix_group, prefix_len, input_tokens) share one tuple object.
-
-Validation is vectorised (a million rows load in seconds). Every problem is a one-line
-`TraceError` naming the file, the row (the 1-based data row, and for CSV the file line, the
-header being line 1), the column and the fix.
+Every problem is a one-line `TraceError` naming the file, the row, the column and the fix.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Hashable
-from pathlib import Path
-from typing import Any
+from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
 
-from sim.errors import TraceError, did_you_mean
+from sim.errors import TraceError
 from sim.registry import register
 
-from .base import ArrayWorkload, Segments
+from .arrivals import arrival_times
+from .base import ArrayWorkload, Segments, component_rng
+from .classes import draw_classes, match_tenants
 from .config import TraceWorkload
+from .formats import TraceTable, load_table, read_frame
+from .lengths import length_mask
+from .validate import Locator as _Locator  # noqa: F401  (kept for callers of the old private names)
+from .validate import arrivals as _arrivals  # noqa: F401
+from .validate import counts as _counts  # noqa: F401
+from .validate import numeric as _numeric  # noqa: F401
 
 REQUIRED = ("arrival_time_s", "input_tokens", "output_tokens")
-OPTIONAL = ("prompt_id", "prefix_group", "prefix_len", "session_id", "stage_index")
-_PARQUET = (".parquet", ".pq")
+OPTIONAL = ("prompt_id", "prefix_group", "prefix_len", "session_id", "stage_index", "tenant")
 
 
 def read_trace_frame(path: str | os.PathLike) -> pd.DataFrame:
     """Read a trace file into a DataFrame (no validation beyond "is there a table")."""
-    p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"trace file {str(p)!r} not found (cwd {os.getcwd()}); check the workload's path")
-    try:
-        if p.suffix.lower() in _PARQUET:
-            df = pd.read_parquet(p)
-        else:
-            df = pd.read_csv(p, low_memory=False)
-    except pd.errors.EmptyDataError:
-        raise TraceError(f"trace {p}: the file is empty; it needs a header line "
-                         f"'{','.join(REQUIRED)}' and at least one data row") from None
-    except Exception as e:  # malformed CSV / Parquet: report pandas' reason on one line
-        reason = " ".join(str(e).split())
-        raise TraceError(f"trace {p}: cannot be read as {'Parquet' if p.suffix.lower() in _PARQUET else 'CSV'}"
-                         f" ({reason}); fix the file format") from None
-    if len(df) == 0:
-        raise TraceError(f"trace {p}: no data rows (only a header); add at least one request")
-    return df
-
-
-class _Locator:
-    """Formats 'trace F: data row R (CSV line L), column C' for error messages."""
-
-    def __init__(self, path: str | os.PathLike, csv: bool) -> None:
-        self.path, self.csv = str(path), csv
-
-    def __call__(self, i: int, col: str) -> str:
-        row = f"data row {i + 1} (CSV line {i + 2})" if self.csv else f"data row {i + 1}"
-        return f"trace {self.path}: {row}, column {col!r}"
-
-
-def _numeric(df: pd.DataFrame, col: str, loc: _Locator) -> np.ndarray:
-    """Column as float64 (NaN where empty); non-numeric values are errors."""
-    raw = df[col]
-    if pd.api.types.is_numeric_dtype(raw) and not pd.api.types.is_bool_dtype(raw):
-        return raw.to_numpy(dtype=np.float64, na_value=np.nan)
-    num = pd.to_numeric(raw, errors="coerce")
-    bad = np.flatnonzero(num.isna().to_numpy() & raw.notna().to_numpy())
-    if len(bad):
-        i = int(bad[0])
-        raise TraceError(f"{loc(i, col)}: value {raw.iloc[i]!r} is not a number; fix or delete that row")
-    return num.to_numpy(dtype=np.float64, na_value=np.nan)
-
-
-def _first(mask: np.ndarray) -> int | None:
-    idx = np.flatnonzero(mask)
-    return int(idx[0]) if len(idx) else None
-
-
-def _counts(df: pd.DataFrame, col: str, loc: _Locator, *, allow_missing: bool = False) -> np.ndarray:
-    """A column of whole non-negative numbers as int64 (-1 where empty, if allowed)."""
-    x = _numeric(df, col, loc)
-    nan = np.isnan(x)
-    if not allow_missing and (i := _first(nan)) is not None:
-        raise TraceError(f"{loc(i, col)}: value is empty; every row needs a {col}")
-    if (i := _first(np.isinf(x))) is not None:
-        raise TraceError(f"{loc(i, col)}: value {x[i]} is not finite; use a whole number of tokens")
-    if (i := _first(x < 0)) is not None:
-        raise TraceError(f"{loc(i, col)}: negative length {x[i]:g}; token counts must be >= 0")
-    if (i := _first(~nan & (x != np.floor(x)))) is not None:
-        raise TraceError(f"{loc(i, col)}: value {x[i]:g} is not a whole number of tokens; round it")
-    return np.where(nan, -1, x).astype(np.int64)
-
-
-def _arrivals(df: pd.DataFrame, loc: _Locator) -> np.ndarray:
-    col = "arrival_time_s"
-    t = _numeric(df, col, loc)
-    if (i := _first(np.isnan(t))) is not None:
-        raise TraceError(f"{loc(i, col)}: arrival time is empty or NaN; give every row a time in seconds")
-    if (i := _first(np.isinf(t))) is not None:
-        raise TraceError(f"{loc(i, col)}: arrival time {t[i]} is not finite; give a time in seconds")
-    if (i := _first(t < 0)) is not None:
-        raise TraceError(f"{loc(i, col)}: negative arrival time {t[i]:g}; times are seconds from the trace "
-                         f"start and must be >= 0 (shift the column)")
-    if len(t) > 1 and (i := _first(t[1:] < t[:-1])) is not None:
-        i += 1
-        raise TraceError(f"{loc(i, col)}: arrival time {t[i]:g} is earlier than the previous row's {t[i - 1]:g}; "
-                         f"sort the trace by arrival_time_s")
-    return t
-
-
-def _key(v: Any) -> Hashable:
-    """A small deterministic segment key part: whole floats become int, numpy scalars Python."""
-    if isinstance(v, np.generic):
-        v = v.item()
-    if isinstance(v, float) and v.is_integer():
-        return int(v)
-    return v
-
-
-def _factorize(col: pd.Series) -> tuple[np.ndarray, list[Hashable]]:
-    codes, uniques = pd.factorize(col, sort=False, use_na_sentinel=True)
-    return codes.astype(np.int64), [_key(u) for u in uniques]
+    return read_frame(path, REQUIRED)
 
 
 class TraceStream(ArrayWorkload):
-    """A loaded trace, replayed request by request (build it with `load_trace`)."""
+    """A loaded trace, replayed request by request (build it with `load_trace` or `build_workload`)."""
 
     source: str = ""
+    notes: list[str] = []
+
+
+def drop_empty(table: TraceTable) -> tuple[TraceTable, int]:
+    """Rows with input and output tokens > 0, and how many were dropped."""
+    keep = np.flatnonzero((table.input_tokens > 0) & (table.output_tokens > 0))
+    if len(keep) == 0:
+        raise TraceError(f"trace {table.source}: every row has 0 input or 0 output tokens; nothing to replay")
+    return (table if len(keep) == len(table) else table.take(keep)), len(table) - len(keep)
+
+
+def table_workload(table: TraceTable, *, max_model_len: int | None = None, dropped: int = 0) -> TraceStream:
+    """Wrap a (transformed) table as a request stream; see the module docstring for the segments."""
+    if table.arrival_s is None:
+        raise TraceError(f"trace {table.source}: no arrival times; give the workload an 'arrival:' process")
+    inp = table.input_tokens
+    seg_for = None
+    if table.hash_ids is not None:
+        seg_for = _hash_segment_builder(inp, *table.hash_ids, table.block_tokens)
+    elif table.prompt is not None or table.group is not None:
+        seg_for = _segment_builder(inp, table.prompt, table.group, table.prefix_len)
+    if seg_for is not None and table.copy is not None and np.any(table.copy > 0):
+        seg_for = _namespaced(seg_for, table.copy)
+    ses_codes, ses_names = table.session if table.session is not None else (None, None)
+    w = TraceStream(table.arrival_s, inp, table.output_tokens, stage=table.stage, segments_for=seg_for,
+                    session_codes=ses_codes, session_names=ses_names, max_model_len=max_model_len, dropped=dropped)
+    w.source = table.source
+    w.notes = list(table.notes)
+    return w
 
 
 def load_trace(path: str | os.PathLike, *, time_scale: float = 1.0, max_requests: int | None = None,
                max_model_len: int | None = None) -> TraceStream:
-    """Read, validate and wrap a trace file; see the module docstring for the columns."""
-    df = read_trace_frame(path)
-    loc = _Locator(path, csv=Path(path).suffix.lower() not in _PARQUET)
-    missing = [c for c in REQUIRED if c not in df.columns]
-    if missing:
-        hints = "".join(did_you_mean(m, map(str, df.columns)) for m in missing)
-        raise TraceError(f"trace {path}: missing required column(s) {', '.join(missing)}{hints}; found columns: "
-                         f"{', '.join(map(str, df.columns))}; the trace needs {', '.join(REQUIRED)}")
-    if ("prefix_group" in df.columns) != ("prefix_len" in df.columns):
-        have, need = ("prefix_group", "prefix_len") if "prefix_group" in df.columns else ("prefix_len", "prefix_group")
-        raise TraceError(f"trace {path}: column {have!r} needs column {need!r} as well; add it or drop {have!r}")
+    """Read, validate and wrap a servesim CSV / Parquet trace (see `workloads.formats` for the columns)."""
     if not time_scale > 0:
         raise TraceError(f"trace {path}: time_scale must be > 0 (got {time_scale})")
+    table, dropped = drop_empty(load_table(path, "csv"))
+    if max_requests is not None and max_requests < len(table):
+        table = table.take(np.arange(max_requests))
+    table.arrival_s = table.arrival_s * time_scale
+    return table_workload(table, max_model_len=max_model_len, dropped=dropped)
 
-    arrival = _arrivals(df, loc)
-    inp = _counts(df, "input_tokens", loc)
-    out = _counts(df, "output_tokens", loc)
-    plen = _counts(df, "prefix_len", loc, allow_missing=True) if "prefix_len" in df.columns else None
-    stage = None
-    if "stage_index" in df.columns:
-        s = _numeric(df, "stage_index", loc)
-        if (i := _first(~np.isnan(s) & ((s != np.floor(s)) | np.isinf(s)))) is not None:
-            raise TraceError(f"{loc(i, 'stage_index')}: value {s[i]} is not a whole number; use 0, 1, ...")
-        stage = np.where(np.isnan(s), 0, s).astype(np.int64)
 
-    keep = np.flatnonzero((inp > 0) & (out > 0))
-    dropped = len(df) - len(keep)
-    if max_requests is not None:
-        keep = keep[:max_requests]
-    if len(keep) == 0:
-        raise TraceError(f"trace {path}: every row has 0 input or 0 output tokens; nothing to replay")
-    sub = df.iloc[keep]
-    inp, out, arrival = inp[keep], out[keep], arrival[keep] * time_scale
-    if stage is not None:
-        stage = stage[keep]
+def transform(table: TraceTable, cfg: TraceWorkload, seed: int | np.random.SeedSequence) -> TraceTable:
+    """Apply a trace workload's transformations (module docstring order) to a table with empty rows dropped."""
+    src = table.source
+    if cfg.filter is not None:
+        keep = np.flatnonzero(length_mask(table.input_tokens, table.output_tokens, cfg.filter))
+        if len(keep) == 0:
+            raise TraceError(f"trace {src}: the length filter removes every row; loosen it")
+        table = table.take(keep)
+    if cfg.arrival is not None:
+        t, stage = arrival_times(cfg.arrival, component_rng(seed, "arrivals"))
+        order = np.arange(len(table))
+        if cfg.shuffle:
+            order = component_rng(seed, "prompts").permutation(len(table))
+        table = table.take(order[np.arange(len(t)) % len(table)])
+        table.arrival_s, table.stage = np.asarray(t, dtype=np.float64), stage
+    rng = component_rng(seed, "sample")
+    if cfg.window is not None:
+        t = table.arrival_s
+        end = np.inf if cfg.window.end_s is None else cfg.window.end_s
+        keep = np.flatnonzero((t >= cfg.window.start_s) & (t < end))
+        if len(keep) == 0:
+            raise TraceError(f"trace {src}: no request arrives in the window [{cfg.window.start_s:g}, {end:g}) s; "
+                             f"the trace spans {t[0]:g}..{t[-1]:g} s")
+        table = table.take(keep)
+        table.arrival_s = table.arrival_s - cfg.window.start_s
+    if cfg.sample_fraction < 1.0:
+        table = table.take(np.flatnonzero(rng.random(len(table)) < cfg.sample_fraction))
+    if cfg.rate_scale != 1.0:
+        table = scale_rate(table, cfg.rate_scale, rng)
+    if len(table) == 0:
+        raise TraceError(f"trace {src}: sampling left no request; raise sample_fraction or rate_scale")
+    table.arrival_s = table.arrival_s * cfg.time_scale
+    if cfg.max_requests is not None and cfg.max_requests < len(table):
+        table = table.take(np.arange(cfg.max_requests))
+    return table
 
-    pid = _factorize(sub["prompt_id"]) if "prompt_id" in df.columns else None
-    grp = _factorize(sub["prefix_group"]) if plen is not None else None
-    plen = plen[keep] if plen is not None else None
-    ses_codes, ses_names = None, None
-    if "session_id" in df.columns:
-        ses_codes, keys = _factorize(sub["session_id"])
-        ses_names = [str(k) for k in keys]
 
-    w = TraceStream(arrival, inp, out, stage=stage,
-                    segments_for=_segment_builder(inp, pid, grp, plen) if (pid is not None or grp is not None) else None,
-                    session_codes=ses_codes, session_names=ses_names, max_model_len=max_model_len,
-                    dropped=dropped)
-    w.source = str(path)
+def scale_rate(table: TraceTable, k: float, rng: np.random.Generator) -> TraceTable:
+    """``k`` times the requests over the same span (see the module docstring)."""
+    n = len(table)
+    if k < 1.0:
+        return table.take(np.flatnonzero(rng.random(n) < k))
+    whole = int(k)
+    reps = whole + (rng.random(n) < k - whole)
+    idx = np.repeat(np.arange(n), reps)
+    copy = np.arange(len(idx)) - np.repeat(np.cumsum(reps) - reps, reps)
+    t = table.arrival_s
+    gap = np.diff(t, append=t[-1] + (t[-1] - t[0]) / max(n - 1, 1))
+    times = t[idx] + np.where(copy > 0, rng.random(len(idx)) * gap[idx], 0.0)
+    order = np.argsort(times, kind="stable")
+    out = table.take(idx[order])
+    out.arrival_s = times[order]
+    out.copy = copy[order]
+    return out
+
+
+@register("workload", "trace")
+def trace_workload(cfg: TraceWorkload, seed: int | np.random.SeedSequence | None = None,
+                   max_model_len: int | None = None) -> TraceStream:
+    """Replay a recorded request trace in any registered format, with transformations."""
+    seed = 0 if seed is None else seed
+    table = load_table(cfg.path, cfg.format, columns=cfg.columns, time_unit=cfg.time_unit,
+                       need_time=cfg.arrival is None, sort=cfg.sort)
+    table, dropped = drop_empty(table)
+    table = transform(table, cfg, seed)
+    w = table_workload(table, max_model_len=max_model_len, dropped=dropped)
+    tagged = None
+    if table.tenant is not None:
+        tagged = match_tenants(cfg.classes, *table.tenant)
+    elif cfg.classes:
+        tagged = draw_classes(cfg.classes, len(table), component_rng(seed, "classes"))
+    if tagged is not None:
+        w.set_classes(*tagged)
     return w
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def _hash_segment_builder(inp: np.ndarray, off: np.ndarray, vals: np.ndarray,
+                          block: int) -> Callable[[int, int], list[Segments | None]]:
+    """Mooncake prompts: one segment per listed block id (``block`` tokens, the last one partial)."""
+
+    def segments_for(lo: int, hi: int) -> list[Segments | None]:
+        o = off[lo:hi + 1]
+        ids = vals[o[0]:o[-1]].tolist()
+        o = (o - o[0]).tolist()
+        res: list[Segments | None] = []
+        for j, n in enumerate(inp[lo:hi].tolist()):
+            segs = []
+            left = n
+            for h in ids[o[j]:o[j + 1]]:
+                if left <= 0:
+                    break
+                take = block if left > block else left
+                segs.append((h, take))
+                left -= take
+            if left > 0:
+                segs.append((("req", lo + j), left))
+            res.append(tuple(segs))
+        return res
+
+    return segments_for
+
+
+def _namespaced(seg_for: Callable[[int, int], list[Segments | None]],
+                copy: np.ndarray) -> Callable[[int, int], list[Segments | None]]:
+    """Copies made by rate scaling get their own prompt identity (copy 0 keeps the original)."""
+
+    def segments_for(lo: int, hi: int) -> list[Segments | None]:
+        res = seg_for(lo, hi)
+        for j, c in enumerate(copy[lo:hi].tolist()):
+            s = res[j]
+            if c and s is not None:
+                res[j] = tuple((("copy", c, key), n) for key, n in s)
+        return res
+
+    return segments_for
 
 
 def _segment_builder(inp: np.ndarray, pid: tuple[np.ndarray, list] | None, grp: tuple[np.ndarray, list] | None,
@@ -246,9 +272,3 @@ def _segment_builder(inp: np.ndarray, pid: tuple[np.ndarray, list] | None, grp: 
     return segments_for
 
 
-@register("workload", "trace")
-def trace_workload(cfg: TraceWorkload, seed: int | np.random.SeedSequence | None = None,
-                   max_model_len: int | None = None) -> TraceStream:
-    """Replay a recorded request trace (CSV or Parquet); the seed is unused."""
-    return load_trace(cfg.path, time_scale=cfg.time_scale, max_requests=cfg.max_requests,
-                      max_model_len=max_model_len)

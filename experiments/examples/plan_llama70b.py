@@ -1,0 +1,49 @@
+"""Study (b): capacity plan for Llama-3.1-70B at 40 req/s on H100 vs H200 (TP 2, 4, 8).
+
+    python experiments/examples/plan_llama70b.py [--out out/plan_llama70b] [--docs]
+
+Answers plan_llama70b.yaml (about 10 s on 2 cores), prints the table and the recommendation,
+writes plan.json / plan.html under --out plus plan_llama70b_cost.html/.png (cost per 1M output
+tokens) and plan_llama70b_gpus.html/.png (GPUs needed vs rate). PNGs need kaleido; --docs also
+writes them to docs/studies/ for docs/STUDIES.md.
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import numpy as np
+
+from experiments import charts
+from experiments.planner import plan, print_plan
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path("out/plan_llama70b"))
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--docs", action="store_true", help="also write the PNGs to docs/studies/")
+    args = ap.parse_args(argv)
+
+    res = plan(HERE / "plan_llama70b.yaml", args.out, workers=args.workers)
+    print_plan(res)
+    ok = res.table[res.table["status"].astype(str).str.startswith("ok")]
+    cost = charts.cost_figure(ok)
+    cost.update_layout(title="Llama-3.1-70B, 40 req/s, p99 TTFT <= 1 s, p99 TPOT <= 50 ms: "
+                             "USD per 1M output tokens", height=450)
+    gpus = charts.gpus_vs_rate_figure(ok, np.linspace(0.5, 80, 400))
+    gpus.update_layout(title="Llama-3.1-70B: GPUs needed vs total rate within the SLOs", height=450)
+    targets = [args.out] + ([ROOT / "docs" / "studies"] if args.docs else [])
+    for d in targets:
+        for name, fig in (("plan_llama70b_cost", cost), ("plan_llama70b_gpus", gpus)):
+            charts.save_figure(fig, d / name)
+            if d != args.out:
+                (d / f"{name}.html").unlink(missing_ok=True)
+    print("wrote " + ", ".join(str(p) for p in res.files.values()))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,161 @@
+"""The capacity planner: SLO verdicts, the rate search, and an answer checked by direct runs.
+
+The planner's rate must meet the SLOs when simulated directly and 10% more must not (same seed).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from experiments import planner
+from experiments.planner import SLO, load_plan, probe_config, search_max_rate
+from experiments.runner import run
+from sim.errors import CatalogError, ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SERVESIM = Path(sys.executable).parent / "servesim"
+if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
+    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
+
+PLAN = {
+    "name": "test plan",
+    "model": "llama-3.1-8b",
+    "base": {"engine": {"max_model_len": 4096}},
+    "workload": {"type": "poisson", "stages": [{"rate": 1, "duration_s": 1}],
+                 "input_len": {"dist": "lognormal", "mean": 600, "sigma": 0.5, "max": 3000},
+                 "output_len": {"dist": "lognormal", "mean": 120, "sigma": 0.5, "max": 600}},
+    "slo": {"ttft_s": 0.5, "tpot_s": 0.03},
+    "target_rate": 50,
+    # the T4 cannot hold the 8B model's bf16 weights: a candidate ruled out, not an error
+    "gpus": [{"name": "h100-sxm-80gb", "price_per_hour": 2.5}, "t4"],
+    "tp": [1],
+    "probe_duration_s": 40,
+    "initial_rate": 8,
+    "seed": 1,
+}
+
+
+# ----------------------------------------------------------------------------- SLOs
+
+def _requests(ttft, e2e, out):
+    n = len(ttft)
+    return pd.DataFrame({"arrival_s": np.arange(n, dtype=float), "first_token_s": np.arange(n) + np.asarray(ttft),
+                         "finish_s": np.arange(n) + np.asarray(e2e), "output_tokens": np.asarray(out)})
+
+
+def test_slo_evaluate_counts_every_request():
+    # TPOT = (e2e - ttft) / (out - 1): 0.01, 0.02, 0.05, undefined (1 token)
+    req = _requests([0.1, 0.2, 0.9, 0.3], [1.09, 2.18, 5.85, 0.3], [100, 100, 100, 1])
+    summary = {"requests": {"total": 5}}                       # one request never finished
+    ev = SLO(ttft_s=0.5, tpot_s=0.03, percentile=50).evaluate(req, summary)
+    assert ev["attainment"] == pytest.approx(3 / 5)            # 0, 1 and the 1-token one meet both
+    assert ev["ttft_s.p50"] == pytest.approx(0.3)              # over 0.1, 0.2, 0.3, 0.9, inf
+    assert ev["tpot_s.p50"] == pytest.approx(0.035)            # over 0.01, 0.02, 0.05, inf
+    assert not ev["met"] and ev["margin"] == pytest.approx(0.035 / 0.03 - 1)
+    assert ev["goodput_rps"] == pytest.approx(3 / 7.85)        # span: first arrival .. last finish (2 + 5.85)
+    good = SLO(ttft_s=0.5, tpot_s=0.03, goodput=0.6).evaluate(req, summary)
+    assert good["met"] and good["margin"] == pytest.approx(0.0)
+    assert not SLO(ttft_s=0.5, tpot_s=0.03, goodput=0.61).evaluate(req, summary)["met"]
+    assert SLO(e2e_s=10, percentile=50).evaluate(req, {"requests": {"total": 4}})["met"]
+    assert SLO(ttft_s=1.0, tpot_s=0.05).describe() == "p99 TTFT <= 1 s and p99 TPOT <= 50 ms"
+    with pytest.raises(ValueError, match="at least one"):
+        SLO(percentile=90)
+
+
+# ----------------------------------------------------------------------------- the search
+
+@pytest.mark.parametrize("capacity, start", [(37.3, 2.0), (0.9, 8.0), (5.0, 5.0)])
+def test_search_brackets_then_bisects(monkeypatch, capacity, start):
+    seen = []
+
+    def fake_probe(config, rate, duration, slo):
+        seen.append(rate)
+        return {"rate": rate, "met": rate <= capacity}
+
+    monkeypatch.setattr(planner, "probe", fake_probe)
+    lo, hi, probes = search_max_rate({}, SLO(ttft_s=1), 100, initial_rate=start, min_rate=0.1, rtol=0.02)
+    assert lo <= capacity < hi and hi / lo <= 1.02
+    assert probes[lo]["met"] and not probes[hi]["met"]
+    assert len(seen) == len(set(seen)) <= 14                   # every rate simulated once
+
+
+def test_search_edges(monkeypatch):
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s: {"rate": r, "met": False})
+    assert search_max_rate({}, SLO(ttft_s=1), 100, min_rate=0.5)[:2] == (0.0, 0.5)
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s: {"rate": r, "met": True})
+    assert search_max_rate({}, SLO(ttft_s=1), 100, max_rate=50)[:2] == (50, math.inf)
+
+
+def test_plan_file_errors():
+    with pytest.raises(ConfigError, match="'slo' is required"):
+        load_plan({k: v for k, v in PLAN.items() if k != "slo"})
+    with pytest.raises(ConfigError, match="no request rate to scale"):
+        load_plan({**PLAN, "workload": {"type": "trace", "path": "x.csv"}})
+    with pytest.raises(CatalogError):
+        planner.plan({**PLAN, "gpus": ["h1OO-typo"]})
+
+
+# ----------------------------------------------------------------------------- a real plan
+
+@pytest.fixture(scope="module")
+def answered(tmp_path_factory):
+    d = tmp_path_factory.mktemp("plan")
+    path = d / "plan.yaml"
+    path.write_text(yaml.safe_dump(PLAN, sort_keys=False))
+    p = subprocess.run([str(SERVESIM), "plan", str(path), "--out", str(d / "out")], capture_output=True, text=True,
+                       timeout=300, env={**os.environ, "COLUMNS": "160"})
+    assert p.returncode == 0, p.stderr
+    return path, d / "out", p.stdout
+
+
+def test_planner_rate_is_checked_by_direct_runs(answered):
+    path, out, _ = answered
+    plan = json.loads((out / "plan.json").read_text())
+    h100 = next(c for c in plan["candidates"] if c["gpu"] == "h100-sxm-80gb")
+    rate = h100["max_rate_per_replica"]
+    assert rate > 0 and h100["infeasible_rate"] / rate <= 1.02 + 1e-9
+    slo = SLO.model_validate(PLAN["slo"])
+    at = run(probe_config(path, "h100", 1, rate))
+    above = run(probe_config(path, "h100", 1, rate * 1.1))
+    assert slo.evaluate(at.requests, at.summary)["met"]
+    assert not slo.evaluate(above.requests, above.summary)["met"]
+    assert at.config.seed == PLAN["seed"] and at.summary["requests"]["total"] == round(rate * 40)
+
+
+def test_plan_prices_the_cheapest_deployment(answered):
+    _, out, stdout = answered
+    plan = json.loads((out / "plan.json").read_text())
+    h100, t4 = plan["candidates"]                                # feasible first
+    assert t4["gpu"] == "t4" and t4["status"] == "does not fit" and t4["error"]
+    replicas = math.ceil(PLAN["target_rate"] / h100["max_rate_per_replica"])
+    assert h100["replicas"] == replicas and h100["gpus"] == replicas
+    assert h100["usd_per_hour"] == pytest.approx(2.5 * replicas)
+    assert h100["rate_per_replica"] == pytest.approx(PLAN["target_rate"] / replicas)
+    probes = pd.read_csv(out / "probes.csv")
+    dep = probes[(probes["candidate"] == h100["candidate"])
+                 & np.isclose(probes["rate"], h100["rate_per_replica"])].iloc[0]
+    tokens_per_hour = PLAN["target_rate"] * dep["mean_output_tokens"] * 3600
+    assert h100["usd_per_1m_output_tokens"] == pytest.approx(h100["usd_per_hour"] / tokens_per_hour * 1e6)
+    assert h100["deployment_meets_slo"] and h100["pareto"] and not t4["pareto"]
+    rec = plan["recommendation"]
+    assert f"{replicas} x h100-sxm-80gb tp1" in rec and "X/R" in rec and "t4 tp1 (does not fit)" in rec
+    assert rec in " ".join(stdout.split()) or rec[:60] in stdout
+    assert "X/R" in plan["assumptions"][0]
+    assert {"plan.json", "plan.html", "candidates.csv", "probes.csv"} <= {f.name for f in out.iterdir()}
+
+
+def test_example_plan_file_is_valid():
+    path = ROOT / "experiments" / "examples" / "plan_llama70b.yaml"
+    spec, base = load_plan(path)
+    assert [c.label for c in planner.candidates(spec)][:2] == ["h100-sxm-80gb tp2", "h100-sxm-80gb tp4"]
+    cfg = probe_config(path, "h200", 4, 7.0)
+    assert cfg["workload"]["stages"] == [{"rate": 7.0, "duration_s": 180.0}] and cfg["parallelism"]["tp"] == 4
