@@ -137,11 +137,6 @@ class Replica:
         self.clock = 0.0                    # exact end time of the last step (our own float, not env.now)
         self._wake = env.event()
         self._run_ends: np.ndarray | None = None   # cumulative end times of an interruptible run
-        # Facts about the running set gathered by the last step's pass over it, so the fast-forward
-        # decision costs O(1): running requests still in prefill, the fewest output tokens any still
-        # needs, the least free slots in any one's last block, and the sum of (context + 1).
-        self._stats_valid = False
-        self._prefilling = self._min_left = self._min_slack = self._ctx_sum = 0
         self._admitted = 0
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
         # Arrivals up to this time may be scheduled at the current scheduling point. With async
@@ -149,9 +144,13 @@ class Replica:
         # arrived during that step wait one more step (unless the replica was idle).
         self.visible_until = float("inf")
         self._lag = 2 if engine.async_scheduling else 1     # steps an interrupted run still runs
-        self.cohort = (DecodeCohort(engine.block_size)
-                       if self.fast and hasattr(scheduler, "schedule_cohort") else None)
-        self.explicit: list[Request] = []   # with a cohort: running requests outside it (prefilling)
+        # Fast mode keeps decoding requests in a lazily advanced cohort. A scheduler with
+        # `schedule_cohort` plans every step against it; any other scheduler runs exact steps and the
+        # cohort is built only for fast-forward runs of steady decode.
+        self.cohort = DecodeCohort(engine.block_size) if self.fast else None
+        self._schedule_cohort = getattr(scheduler, "schedule_cohort", None)
+        self._live = False                  # the cohort holds the decoding requests right now
+        self.explicit: list[Request] = []   # while live: running requests outside the cohort (prefilling)
         # (start, end, tokens, batch size) per step when the caller asks for it (timeline, Chrome trace);
         # None (the default) records nothing
         self.step_records: list | None = None
@@ -175,12 +174,11 @@ class Replica:
 
     @property
     def prefilling(self) -> int:
-        """Running requests that still have prompt (or recompute) tokens to process."""
-        if self.cohort is not None:
+        """Running requests that are not simply decoding: prompt (or recompute) tokens still to process,
+        or no token sampled yet."""
+        if self._live:
             return len(self.explicit)
-        if self._stats_valid:
-            return self._prefilling
-        return sum(1 for r in self.running if r.num_tokens - r.num_computed != 1)
+        return sum(1 for r in self.running if not (r.generated and r.num_tokens - r.num_computed == 1))
 
     def prefix_hits(self, req: Request) -> int:
         if not self.engine.enable_prefix_caching or not req.hashes:
@@ -197,15 +195,13 @@ class Replica:
         req.state = RUNNING
         req.seq = self._admitted
         self._admitted += 1
-        self._stats_valid = False
         self.running.append(req)
-        if self.cohort is not None:
+        if self._live:
             self.explicit.append(req)
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
         self.running.remove(req)
-        self._stats_valid = False
         if self.engine.enable_prefix_caching:
             segs = (req.segments or ((("req", req.id), req.prompt_len),)) + ((("out", req.id), req.generated),)
             req.hashes = self.kv.block_hashes(segs, req.num_computed)
@@ -226,15 +222,10 @@ class Replica:
                 yield self._wake
                 self.clock = env.now
                 self.visible_until = float("inf")
-            if self.cohort is not None:
+            if self.fast:
                 yield from self._cohort_iteration()
-                continue
-            if self.fast and self.running and self.scheduler.steady(self):
-                k = self._run_length()
-                if k >= 2:
-                    yield from self._decode_run(k)
-                    continue
-            yield from self._exact_step()
+            else:
+                yield from self._exact_step()
 
     def _exact_step(self):
         """One iteration over materialised requests (the reference semantics)."""
@@ -263,14 +254,18 @@ class Replica:
         self.visible_until = float("inf")
 
     def _finish_step(self, batch, dt: float, end: float) -> None:
-        st = self.steps
-        st.iterations += 1
-        st.busy_s += dt
-        st.batch_sum += len(batch)
-        gaps = tokens = prefilling = ctx = 0
-        min_left = MAX_RUN_STEPS
-        min_slack = self.engine.block_size
+        tokens, gaps, done, _ = self._advance(batch, end)
+        self._account(dt, end, tokens, len(batch), gaps)
+        for req in done:
+            self._complete(req, end)
+
+    @staticmethod
+    def _advance(batch, end: float):
+        """Apply a finished step to the requests in `batch`: computed tokens, sampled tokens, the first
+        token's time. Returns (tokens, inter-token gaps, finished, now decoding) in batch order."""
+        tokens = gaps = 0
         done = []
+        decoding = []
         for req, n in batch:
             tokens += n
             c = req.num_computed + n
@@ -284,31 +279,27 @@ class Replica:
                 g += 1
                 req.generated = g
                 req.num_tokens = c + 1
-                left = req.output_len - g
-                if left <= 0:
+                if g >= req.output_len:
                     done.append(req)
-                    continue
-                if left < min_left:
-                    min_left = left
-            else:
-                prefilling += 1
-            ctx += c + 1
-            slack = req.kv_slots - c
-            if slack < min_slack:
-                min_slack = slack
+                else:
+                    decoding.append(req)
+        return tokens, gaps, done, decoding
+
+    def _account(self, dt: float, end: float, tokens: int, batch: int, gaps: int) -> None:
+        """Per-step aggregates of one iteration."""
+        st = self.steps
+        st.iterations += 1
+        st.busy_s += dt
+        st.batch_sum += batch
         st.tokens += tokens
         if self.step_records is not None:
-            self.step_records.append((end - dt, end, tokens, len(batch)))
-        self._stats_valid = len(self.running) == len(batch)
-        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = prefilling, min_left, min_slack, ctx
+            self.step_records.append((end - dt, end, tokens, batch))
         if gaps:
             st.itl.append(dt)
             st.itl_weight.append(gaps)
         usage = self.kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
-        for req in done:
-            self._complete(req, end)
 
     def _complete(self, req: Request, end: float) -> None:
         req.finish = end
@@ -328,19 +319,24 @@ class Replica:
     # ------------------------------------------------------------ cohort mode
     def _cohort_iteration(self):
         cohort = self.cohort
-        if cohort.size and self.scheduler.steady(self):
+        if self.running and self.scheduler.steady(self):
+            if not self._live:
+                self._rebuild_cohort()
             k = self._cohort_run_length()
             if k >= 1:
                 yield from self._cohort_run(k)
                 return
-        batch = self.scheduler.schedule_cohort(self)
+        batch = self._schedule_cohort(self) if self._schedule_cohort is not None and self._live else None
         if batch is None:
-            # the exact path: materialise everyone, run one step, then rebuild the cohort
-            cohort.clear(self.running)
-            self.explicit = []
-            self._stats_valid = False
+            # the exact path: materialise everyone and run one step; a cohort-planning scheduler gets
+            # its cohort back at once, any other only when the batch is steady again
+            if self._live:
+                cohort.clear(self.running)
+                self.explicit = []
+                self._live = False
             yield from self._exact_step()
-            self._rebuild_cohort()
+            if self._schedule_cohort is not None:
+                self._rebuild_cohort()
             return
         if not batch and not cohort.size:
             yield from self._idle()
@@ -356,6 +352,7 @@ class Replica:
             else:
                 explicit.append(req)
         self.explicit = explicit
+        self._live = True
 
     def _cohort_run_length(self) -> int:
         cohort = self.cohort
@@ -373,40 +370,8 @@ class Replica:
         self.clock = end
         self.visible_until = start if self.engine.async_scheduling else end
         cohort.advance(1)
-        st = self.steps
-        st.iterations += 1
-        st.busy_s += dt
-        st.batch_sum += len(batch) + seqs
-        tokens = seqs
-        gaps = seqs
-        done = []
-        joiners = []
-        for req, n in batch:
-            tokens += n
-            c = req.num_computed + n
-            req.num_computed = c
-            if c == req.num_tokens:
-                g = req.generated
-                if g:
-                    gaps += 1
-                else:
-                    req.first_token = end
-                g += 1
-                req.generated = g
-                req.num_tokens = c + 1
-                if g >= req.output_len:
-                    done.append(req)
-                else:
-                    joiners.append(req)
-        st.tokens += tokens
-        if self.step_records is not None:
-            self.step_records.append((end - dt, end, tokens, len(batch) + seqs))
-        if gaps:
-            st.itl.append(dt)
-            st.itl_weight.append(gaps)
-        usage = self.kv.usage
-        if usage > st.peak_kv_usage:
-            st.peak_kv_usage = usage
+        tokens, gaps, done, joiners = self._advance(batch, end)
+        self._account(dt, end, tokens + seqs, len(batch) + seqs, gaps + seqs)
         if joiners:
             explicit = self.explicit
             for req in joiners:
@@ -477,112 +442,6 @@ class Replica:
         self.step_records.extend(zip([self.clock] + e[:-1], e, [seqs] * n, [seqs] * n))
 
     # ------------------------------------------------------------ fast-forward
-    def _run_length(self) -> int:
-        """Steps the steady batch can run before a request finishes or KV blocks could run short."""
-        running = self.running
-        bs = self.engine.block_size
-        if not self._stats_valid:
-            self._refresh_stats()
-        k_kv = (self.kv.num_free_blocks // len(running)) * bs + self._min_slack
-        return min(self._min_left, k_kv)
-
-    def _refresh_stats(self) -> None:
-        prefilling = ctx = 0
-        min_left = MAX_RUN_STEPS
-        min_slack = self.engine.block_size
-        for req in self.running:
-            c = req.num_computed
-            if req.num_tokens - c != 1:
-                prefilling += 1
-            left = req.output_len - req.generated
-            if left < min_left:
-                min_left = left
-            slack = req.kv_slots - c
-            if slack < min_slack:
-                min_slack = slack
-            ctx += c + 1
-        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = prefilling, min_left, min_slack, ctx
-        self._stats_valid = True
-
-    def _decode_run(self, k: int):
-        env = self.env
-        running = list(self.running)
-        seqs = len(running)
-        times = self.cost.decode_run_times(seqs, self._ctx_sum, k)
-        ends = np.cumsum(np.concatenate(([self.clock], times)))[1:]
-        self._run_ends = ends
-        try:
-            yield env.timeout(ends[-1] - env.now)
-            done = k
-        except simpy.Interrupt:
-            # an arrival: finish the step in progress, where the per-iteration loop would look again
-            j = int(np.searchsorted(ends, env.now, side="left"))
-            done = min(j + self._lag, k)
-            yield env.timeout(max(ends[done - 1] - env.now, 0.0))
-        self._run_ends = None
-        self._apply_run(running, times[:done], ends[:done])
-
-    def _apply_run(self, running: list[Request], times: np.ndarray, ends: np.ndarray) -> None:
-        steps = len(times)
-        kv = self.kv
-        bs = self.engine.block_size
-        grows = []
-        done = []
-        ctx = 0
-        min_left = MAX_RUN_STEPS
-        min_slack = bs
-        for order, req in enumerate(running):
-            c0 = req.num_computed
-            j = req.kv_slots - c0 + 1       # first step whose token falls outside the held blocks
-            if j <= steps:
-                while j <= steps:
-                    grows.append((j, order, req.id, c0 + j))
-                    j += bs
-                req.kv_slots += bs * ((steps - (req.kv_slots - c0 + 1)) // bs + 1)
-            c = c0 + steps
-            req.num_computed = c
-            req.num_tokens = c + 1
-            g = req.generated + steps
-            req.generated = g
-            left = req.output_len - g
-            if left <= 0:
-                done.append(req)
-                continue
-            if left < min_left:
-                min_left = left
-            slack = req.kv_slots - c
-            if slack < min_slack:
-                min_slack = slack
-            ctx += c + 1
-        if grows:
-            # allocate in the order the per-iteration loop would (by step, then running order), so
-            # the same blocks go to the same requests and later evictions match exactly
-            grows.sort()
-            grow = kv.grow
-            for _, _, rid, tokens in grows:
-                if not grow(rid, tokens):
-                    raise RuntimeError("fast-forward ran out of KV blocks; _run_length is wrong")
-        self._stats_valid = True
-        self._prefilling, self._min_left, self._min_slack, self._ctx_sum = 0, min_left, min_slack, ctx
-        end = float(ends[-1])
-        st = self.steps
-        seqs = len(running)
-        st.iterations += steps
-        st.busy_s += float(times.sum())
-        st.batch_sum += steps * seqs
-        st.tokens += steps * seqs
-        st.itl.extend(times.tolist())
-        st.itl_weight.extend([seqs] * steps)
-        usage = kv.usage
-        if usage > st.peak_kv_usage:
-            st.peak_kv_usage = usage
-        if self.step_records is not None:
-            self._record_run(ends, seqs)
-        last_start = float(ends[-2]) if steps >= 2 else self.clock
-        self.visible_until = last_start if self.engine.async_scheduling else end
-        self.clock = end
-        for req in done:
-            self._complete(req, end)
 
 
 def _shape_of(batch, decodes: int = 0, ctx: int = 0) -> BatchShape:

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from experiments import runner
 from experiments.config import load_config
 from experiments.runner import run
+from policies.batching import VLLMScheduler
 from sim.memory import plan_memory
 
 MODEL = "llama-2-7b"
@@ -450,3 +451,31 @@ def test_tp_larger_than_a_node_is_refused():
            "sim": {"progress": False}}
     with pytest.raises(DeploymentError, match="tp=16 exceeds the 8 GPUs"):
         run(cfg)
+
+
+class _NoCohortVLLM(VLLMScheduler):
+    """vLLM's policy without the cohort planner: exercises the generic fast-forward path."""
+
+    schedule_cohort = None
+
+
+@pytest.mark.parametrize("util,prefix", [(0.9, True), (0.2, False), (0.21, True)])
+def test_generic_scheduler_fast_forward_equals_iteration(util, prefix):
+    """A scheduler without `schedule_cohort` runs exact steps and fast-forwards only steady decode;
+    its timestamps must equal the per-iteration loop's, with and without preemption."""
+    from sim.registry import REGISTRY
+
+    REGISTRY.add("scheduler", "test-vllm-no-cohort", _NoCohortVLLM, replace=True)
+    base = {"model": "llama-2-7b", "hardware": {"gpu": "h100"}, "scheduler": "test-vllm-no-cohort",
+            "engine": {"max_num_seqs": 32, "max_num_batched_tokens": 512, "gpu_memory_utilization": util,
+                       "enable_prefix_caching": prefix, "max_model_len": 2048},
+            "workload": {"type": "shared_prefix", "stages": [{"rate": 12, "duration_s": 20}],
+                         "num_system_prompts": 3, "users_per_system_prompt": 4, "system_prompt_len": 200,
+                         "question_len": 300, "output_len": 120}, "seed": 4}
+    out = {}
+    for mode in ("fast", "iteration"):
+        cfg = copy.deepcopy(base)
+        cfg["sim"] = {"mode": mode, "progress": False}
+        out[mode] = run(cfg).requests.sort_values("request_id").reset_index(drop=True)
+    for col in ("first_scheduled_s", "first_token_s", "finish_s", "preemptions", "cached_tokens"):
+        assert np.array_equal(out["fast"][col].values, out["iteration"][col].values), col
