@@ -82,13 +82,15 @@ class KernelConstants:
         "unit": "s per query token per layer",
         "source": "same points: short chunks reach less of peak (partial query tiles, per-token K/V cache "
                   "write and rotary), fitted (family attention)"})
-    elementwise_mem_eff: float = field(default=0.60, metadata={
+    elementwise_mem_eff: float = field(default=0.402, metadata={
         "unit": "fraction of peak bandwidth",
-        "source": "norm/activation kernels reach less bandwidth than GEMV; Vidur A100 per-layer totals minus GEMMs"})
-    int8_weight_only_mem_eff: float = field(default=0.679, metadata={
+        "source": "Vidur A100 per-layer non-attention totals minus the four GEMMs (fused residual-add + RMSNorm "
+                  "twice and SiLU-and-mul: 3 kernels per layer; 1,320 points, Llama-2-7B and Llama-3-8B, TP 1-8), "
+                  "fitted (family elementwise)"})
+    int8_weight_only_mem_eff: float = field(default=0.669, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV), fitted (family gpt-fast)"})
-    int4_weight_only_mem_eff: float = field(default=0.508, metadata={
+    int4_weight_only_mem_eff: float = field(default=0.498, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV), "
                   "fitted (family gpt-fast)"})
@@ -111,16 +113,17 @@ CONSTANTS = KernelConstants()
 # the A100 kernel families cannot see. name -> (value, source). `kernel_constants(gpu)` applies them.
 HOPPER_PREFIXES = ("h100", "h200", "gh200")
 HOPPER_OVERRIDES: dict[str, tuple[float, str]] = {
-    "gemm_knee": (2.25, "vLLM H100 runs (experiments/validation/fit_vllm.py): mean TTFT, E2E and ITL per rate stage "
+    "gemm_knee": (2.30, "vLLM H100 runs (experiments/validation/fit_vllm.py): mean TTFT, E2E and ITL per rate stage "
                         "of the 18 normal-load runs; Hopper GEMMs overlap weight streaming and math better near "
-                        "the ridge point (A100 profiles: 1.46). Fitted free with mem_eff, which came out at "
-                        "0.8125, the A100 value, so mem_eff is not replaced"),
-    "kernel_floor_s": (3.52e-6, "same fit: the small models' step times (hundreds of short kernels per step "
+                        "the ridge point (A100 profiles: 1.46)"),
+    "mem_eff": (0.847, "same fit: weight streaming on HBM3 (A100 profiles: 0.811); nearly degenerate with the "
+                       "kernel floor (a fit with 3.5 us floors gave 0.81)"),
+    "kernel_floor_s": (4.36e-6, "same fit: the small models' step times (hundreds of short kernels per step "
                                 "replayed from CUDA graphs); A100 profiles: 5.0 us"),
-    "attn_decode_seq_s": (0.096e-6, "same fit: FlashAttention's paged decode (vLLM V1 on H100) costs far less per "
+    "attn_decode_seq_s": (0.127e-6, "same fit: FlashAttention's paged decode (vLLM V1 on H100) costs far less per "
                                     "sequence than the A100 paged-attention kernel Vidur profiled (1.0 us)"),
-    "moe_expert_mem_eff": (0.719, "same fit: Llama-4-Scout FP8 and Mixtral-8x22B decode, vLLM's fused_moe kernel "
-                                  "streams expert weights at 0.72 of peak (gpt-fast's A100 MoE kernel: no penalty)"),
+    "moe_expert_mem_eff": (0.747, "same fit: Llama-4-Scout FP8 and Mixtral-8x22B decode, vLLM's fused_moe kernel "
+                                  "streams expert weights at 0.75 of peak (gpt-fast's A100 MoE kernel: no penalty)"),
 }
 
 
@@ -162,6 +165,7 @@ class EngineProfile:
     frontend_latency_s: float = 0.0        # per request: API server, tokenisation, streaming the first/last token
     per_token_overhead_s: float = 0.0      # per new token of the step (host-side input preparation)
     async_scheduling: bool = False         # host work of the next step overlaps the GPU: step = max(host, GPU)
+    kernel_overrides: dict = field(default_factory=dict)   # KernelConstants the engine's own kernels change
     roofline_only: bool = False
 
 
@@ -278,8 +282,11 @@ class CostModel:
                                       self.weight_dtype if self.weight_dtype in KV_DTYPES else "bf16")).lower()
         self.act_dtype = act_dtype
         self.engine = engine if isinstance(engine, EngineProfile) else get_engine_profile(engine)
-        # explicit constants are used as given; by default the GPU generation's (see kernel_constants)
+        # explicit constants are used as given; by default the GPU generation's (see kernel_constants); then
+        # what the engine's own kernels change (e.g. TensorRT-LLM fuses the norms into its plugins)
         constants = kernel_constants(gpu) if constants is None else constants
+        if self.engine.kernel_overrides:
+            constants = replace(constants, **self.engine.kernel_overrides)
         self.k = constants
         self.flash_attention = flash_attention
         _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
@@ -358,11 +365,12 @@ class CostModel:
             shared = m.shared_expert_intermediate_size or m.num_shared_experts * m.moe_intermediate_size
             if shared:
                 gemm("moe_shared_expert", moe_layers, h, mats * shared / t, kernels=2)
-        # norms (2/layer), activation, residual, rotary, KV-cache write: memory-bound elementwise work
+        # two fused residual-add + RMSNorm kernels and the SiLU-and-mul per layer (3 kernels), plus the bytes of
+        # rotary and the KV-cache write: memory-bound elementwise work
         kv_write = self.kv_bytes_per_token_per_gpu / L
         inter_act = (m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size) / t
         ops.append(_Linear("elementwise", L, 12.0 * h, 0.0, 0.0, (6 * h + 3 * inter_act) * ab + kv_write, 0.0,
-                           peak, ew_bw, 4, False))
+                           peak, ew_bw, 3, False))
         # once per step: embedding gather, final norm, LM head on sampled rows, sampling over the vocab
         ops.append(_Linear("embedding", 1, 0.0, 0.0, 0.0, 2 * h * ab, 0.0, peak, ew_bw, 2, False))
         vocab = m.vocab_size / t

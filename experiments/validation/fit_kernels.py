@@ -19,7 +19,7 @@ import sys
 import numpy as np
 from scipy.optimize import least_squares
 
-from sim.cost import CONSTANTS, KernelConstants, get_engine_profile
+from sim.cost import CONSTANTS, EngineProfile, KernelConstants, get_engine_profile
 
 from . import kernels as K
 
@@ -27,6 +27,7 @@ from . import kernels as K
 FITS: dict[str, list[tuple[str, str, float, float]]] = {
     "gemm": [("k", "gemm_compute_eff", 0.4, 1.0), ("k", "gemm_knee", 1.0, 20.0), ("k", "mem_eff", 0.5, 1.0),
              ("k", "kernel_floor_s", 0.0, 20e-6)],
+    "elementwise": [("k", "elementwise_mem_eff", 0.2, 1.0)],
     "attention": [("k", "attn_decode_mem_eff", 0.5, 1.0), ("k", "attn_decode_seq_s", 0.0, 5e-6),
                   ("k", "attn_prefill_compute_eff", 0.05, 1.0), ("k", "attn_prefill_floor_s", 0.0, 50e-6),
                   ("k", "attn_prefill_token_s", 0.0, 1e-6)],
@@ -34,7 +35,8 @@ FITS: dict[str, list[tuple[str, str, float, float]]] = {
     "gpt-fast": [("k", "int8_weight_only_mem_eff", 0.3, 1.0), ("k", "int4_weight_only_mem_eff", 0.2, 1.0),
                  ("gpt-fast", "step_overhead_s", 0.0, 2e-3),
                  ("gpt-fast", "allreduce_latency_s", 0.0, 100e-6)],
-    "trtllm": [("trtllm", "step_overhead_s", 0.0, 5e-3), ("trtllm", "allreduce_latency_s", 0.0, 100e-6)],
+    "trtllm": [("trtllm", "step_overhead_s", 0.0, 5e-3), ("trtllm", "allreduce_latency_s", 0.0, 100e-6),
+               ("trtllm", "elementwise_mem_eff", 0.2, 1.0)],
     "splitwise": [("splitwise", "step_overhead_s", 0.0, 0.05), ("splitwise", "per_seq_overhead_s", 0.0, 5e-3),
                   ("splitwise", "per_prefill_seq_overhead_s", 0.0, 0.2),
                   ("splitwise", "allreduce_latency_s", 0.0, 500e-6)],
@@ -45,17 +47,34 @@ STARTS: dict[str, list[dict]] = {
     "splitwise": [{"per_seq_overhead_s": v, "per_prefill_seq_overhead_s": 0.01, "step_overhead_s": 0.0,
                    "allreduce_latency_s": 50e-6} for v in (1e-4, 3e-4)],
 }
-ORDER = ("gemm", "attention", "allreduce", "gpt-fast", "trtllm", "splitwise")
+ORDER = ("gemm", "elementwise", "attention", "allreduce", "gpt-fast", "trtllm", "splitwise")
+
+
+_PROFILE_FIELDS = {f.name for f in dataclasses.fields(EngineProfile)}
 
 
 def _apply(spec, x, k: KernelConstants, profiles: dict) -> tuple[KernelConstants, dict]:
+    """Constants and profile overrides for parameter vector x; a KernelConstants field named under an
+    engine profile goes into that profile's kernel_overrides."""
     kc, prof = {}, {name: dict(v) for name, v in profiles.items()}
     for (owner, name, _, _), v in zip(spec, x):
         if owner == "k":
             kc[name] = float(v)
-        else:
+        elif name in _PROFILE_FIELDS:
             prof.setdefault(owner, {})[name] = float(v)
+        else:
+            p = prof.setdefault(owner, {})
+            p["kernel_overrides"] = {**p.get("kernel_overrides", {}), name: float(v)}
     return dataclasses.replace(k, **kc), prof
+
+
+def _value(owner: str, name: str, k: KernelConstants, profiles: dict) -> float:
+    if owner == "k":
+        return getattr(k, name)
+    p = profiles.get(owner, {})
+    if name in _PROFILE_FIELDS:
+        return p.get(name, getattr(get_engine_profile(owner), name))
+    return p.get("kernel_overrides", get_engine_profile(owner).kernel_overrides).get(name, getattr(k, name))
 
 
 def fit_family(family: str, k: KernelConstants = CONSTANTS, profiles: dict | None = None):
@@ -75,8 +94,7 @@ def fit_family(family: str, k: KernelConstants = CONSTANTS, profiles: dict | Non
 
 def _fit_once(family: str, k: KernelConstants, profiles: dict):
     spec = FITS[family]
-    x0 = np.array([getattr(k, n) if o == "k" else profiles.get(o, {}).get(n, getattr(get_engine_profile(o), n))
-                   for o, n, _, _ in spec], dtype=float)
+    x0 = np.array([_value(o, n, k, profiles) for o, n, _, _ in spec], dtype=float)
     lo = np.array([s[2] for s in spec])
     hi = np.array([s[3] for s in spec])
     scale = np.maximum(np.abs(x0), (hi - lo) * 1e-3)
@@ -102,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         err = np.abs(np.expm1(res.fun))
         print(f"[{fam}] n={len(err)} median {np.median(err):.1%} p90 {np.quantile(err, 0.9):.1%}")
         for owner, name, _, _ in FITS[fam]:
-            v = getattr(k, name) if owner == "k" else profiles[owner][name]
+            v = _value(owner, name, k, profiles)
             print(f"    {owner + '.' if owner != 'k' else ''}{name} = {v:.4g}")
     return 0
 

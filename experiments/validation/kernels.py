@@ -51,6 +51,7 @@ CALIBRATES = {
     "trtllm": ["trtllm.step_overhead_s", "trtllm.allreduce_latency_s",
                "(end-to-end check of the GEMM and attention constants, A100 FP16 and L40S FP8)"],
     "gemm": ["gemm_compute_eff", "mem_eff", "gemm_knee", "kernel_floor_s"],
+    "elementwise": ["elementwise_mem_eff"],
     "attention": ["attn_decode_mem_eff", "attn_decode_seq_s", "attn_prefill_compute_eff",
                   "attn_prefill_floor_s", "attn_prefill_token_s"],
     "allreduce": ["nccl_allreduce_latency_s", "links.yaml nvlink3 achievable_fraction (check)"],
@@ -211,6 +212,25 @@ def gemm_points(k: KernelConstants = CONSTANTS, profiles: dict | None = None) ->
     return out
 
 
+def elementwise_points(k: KernelConstants = CONSTANTS, profiles: dict | None = None) -> list[Point]:
+    """Vidur's per-layer non-attention total minus its four GEMMs: the norms, activation, residual adds
+    (the cost model's `elementwise` op), every 8th token count."""
+    eng = _profile("kernels", profiles)
+    out = []
+    for model in VIDUR_LINEAR:
+        d = pd.read_csv(DATA / "measured" / VIDUR_LINEAR[model]).groupby(
+            ["tp", "num_tokens"], as_index=False).median(numeric_only=True)
+        d = d[(d.num_tokens <= 16) | (d.num_tokens % 64 == 0)]
+        rest = d.per_layer_nonattn_total_ms - d[[f"{o}_ms" for o in GEMM_OPS]].sum(axis=1)
+        for tp, rows in d.assign(rest=rest).groupby("tp"):
+            cost = _cost(model, A100, int(tp), eng, k)
+            L = cost.model.num_layers
+            for r in rows.itertuples():
+                op = next(o for o in cost.breakdown(BatchShape.prefill(1, int(r.num_tokens))) if o.name == "elementwise")
+                out.append(Point("elementwise", f"{model} tp{tp} M={r.num_tokens}", r.rest, op.time_s / L * 1e3, "ms"))
+    return out
+
+
 # ----------------------------------------------------------------------------- 4. Vidur attention
 
 def attention_points(k: KernelConstants = CONSTANTS, profiles: dict | None = None) -> list[Point]:
@@ -294,7 +314,7 @@ def splitwise_points(k: KernelConstants = CONSTANTS, profiles: dict | None = Non
     return out
 
 
-FAMILIES = {"gpt-fast": gptfast_points, "trtllm": trtllm_points, "gemm": gemm_points,
+FAMILIES = {"gpt-fast": gptfast_points, "trtllm": trtllm_points, "gemm": gemm_points, "elementwise": elementwise_points,
             "attention": attention_points, "allreduce": lambda k=CONSTANTS, p=None: allreduce_points(k, p),
             "splitwise": splitwise_points}
 # The all-reduce acceptance metric uses messages of at least 1 MiB; the table also reports all sizes.
