@@ -10,10 +10,10 @@ from __future__ import annotations
 import copy
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, field_validator
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
 
 from sim.errors import ConfigError
 from workloads.config import WorkloadConfig
@@ -86,10 +86,16 @@ class SimSection(_Model):
                           "run (implies record_steps).")
 
 
+def _model_shorthand(v: Any) -> Any:
+    """`model: llama-3.1-8b` is short for `model: {name: llama-3.1-8b}`."""
+    return {"name": v} if isinstance(v, str) else v
+
+
 class RunConfig(_Model):
     """A single-replica serving experiment."""
 
-    model: ModelConfig = Field(description="The model: a name/id/path, or a mapping with dtypes.")
+    model: Annotated[ModelConfig, BeforeValidator(_model_shorthand, json_schema_input_type=Union[str, ModelConfig])] = Field(
+        description="The model: a name/id/path, or a mapping with dtypes.")
     hardware: HardwareConfig = Field(default_factory=HardwareConfig, description="The GPU.")
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="TP degree.")
     engine: EngineSection = Field(default_factory=EngineSection, description="Engine knobs (vLLM names).")
@@ -100,10 +106,6 @@ class RunConfig(_Model):
     seed: int = Field(0, description="Seed of every random stream in the run.")
     sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
 
-    @field_validator("model", mode="before")
-    @classmethod
-    def _model_shorthand(cls, v: Any) -> Any:
-        return {"name": v} if isinstance(v, str) else v
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -111,6 +113,8 @@ class _SafeLoader(yaml.SafeLoader):
 
 
 def read_yaml(path: str | Path) -> dict:
+    """A YAML file as a mapping, read with the safe loader: Python object tags and malformed YAML are one-line
+    ConfigErrors."""
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"config file {str(p)!r} not found")
@@ -164,6 +168,7 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
 
 
 def parse_override(item: str) -> tuple[str, Any]:
+    """Split a ``--set dotted.key=value`` item; the value is parsed as YAML (safely), else kept as text."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected dotted.key=value")
     key, raw = item.split("=", 1)
@@ -190,6 +195,7 @@ def format_validation_error(exc: ValidationError) -> str:
 
 
 def validate_config(data: dict) -> RunConfig:
+    """A RunConfig from a plain dict; a validation failure becomes a one-line ConfigError naming the key."""
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:

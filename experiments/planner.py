@@ -95,9 +95,11 @@ class SLO(_Model):
 
     @property
     def thresholds(self) -> dict[str, float]:
+        """The latency targets that are set, metric -> seconds."""
         return {m: getattr(self, m) for m in _LATENCIES if getattr(self, m) is not None}
 
     def describe(self) -> str:
+        """The SLO in words, e.g. 'p99 TTFT <= 1 s and p99 TPOT <= 50 ms'."""
         parts = [f"{_NAMES[m]} <= {_fmt_s(v)}" for m, v in self.thresholds.items()]
         if self.goodput is not None:
             return f"goodput >= {self.goodput:.3g} (requests with {' and '.join(parts)})"
@@ -236,10 +238,12 @@ class Candidate:
 
     @property
     def label(self) -> str:
+        """A short name for tables and charts, e.g. 'h100-sxm-80gb tp4 chunk-512'."""
         return f"{self.gpu} tp{self.tp}" + ("" if self.policy == "default" else f" {self.policy}")
 
 
 def candidates(spec: PlanSpec) -> list[Candidate]:
+    """Every GPU x TP x policy candidate of a plan, with its price per GPU-hour."""
     from sim.hardware import get_gpu
 
     out = []
@@ -423,6 +427,7 @@ class PlanResult:
     files: dict[str, Path] = field(default_factory=dict)
 
     def as_dict(self) -> dict:
+        """The plan as a JSON-ready dict (what plan.json holds)."""
         return {"name": self.spec.name, "target_rate": self.spec.target_rate, "slo": self.spec.slo.describe(),
                 "slo_spec": self.spec.slo.model_dump(mode="json"), "assumptions": [ASSUMPTION, _probe_note(self.spec)],
                 "recommendation": self.recommendation,
@@ -549,6 +554,7 @@ TABLE_COLUMNS = ["candidate", "status", "max_rate_per_replica", "replicas", "gpu
 
 
 def write_plan(result: PlanResult, out_dir: str | Path, report: bool = True) -> dict[str, Path]:
+    """Write plan.json, candidates.csv, probes.csv and (with `report`) plan.html into `out_dir`."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     files = {"json": out / "plan.json", "csv": out / "candidates.csv"}
@@ -563,6 +569,7 @@ def write_plan(result: PlanResult, out_dir: str | Path, report: bool = True) -> 
 
 
 def plan_report(result: PlanResult):
+    """The plan's HTML report: candidates table, cost and latency charts, the plan file."""
     import yaml
 
     from . import charts
@@ -596,6 +603,7 @@ def plan_report(result: PlanResult):
 
 
 def print_plan(result: PlanResult) -> None:
+    """Print the candidates table and the recommendation to the terminal."""
     from rich.console import Console
     from rich.table import Table
 

@@ -60,15 +60,18 @@ class Report:
         self._charts = 0
 
     def heading(self, text: str) -> Report:
+        """Add a section heading."""
         self._parts.append(f"<h2>{html.escape(text)}</h2>")
         return self
 
     def paragraph(self, text: str, note: bool = False) -> Report:
+        """Add a paragraph of text (highlighted as a note when `note`)."""
         cls = ' class="note"' if note else ""
         self._parts.append(f"<p{cls}>{html.escape(text)}</p>")
         return self
 
     def table(self, data: pd.DataFrame | list[dict], columns: list[str] | None = None, max_rows: int = 1000) -> Report:
+        """Add a table of a DataFrame or list of dicts (at most `max_rows` rows)."""
         df = data if isinstance(data, pd.DataFrame) else pd.DataFrame(data)
         cols = [c for c in (columns or list(df.columns)) if c in df.columns]
         text_cols = {c for c in cols if not pd.api.types.is_numeric_dtype(df[c])}
@@ -84,6 +87,7 @@ class Report:
         return self
 
     def figure(self, fig, height: int | None = None) -> Report:
+        """Add a plotly figure (its JavaScript is inlined once, in `html()`)."""
         self._charts += 1
         h = height or fig.layout.height or 450
         div = fig.to_html(full_html=False, include_plotlyjs=False, div_id=f"chart-{self._charts}",
@@ -92,14 +96,17 @@ class Report:
         return self
 
     def pre(self, text: str) -> Report:
+        """Add preformatted text (a config, a YAML file)."""
         self._parts.append(f"<pre>{html.escape(text)}</pre>")
         return self
 
     @property
     def num_charts(self) -> int:
+        """Figures added so far."""
         return self._charts
 
     def html(self) -> str:
+        """The whole report as one self-contained HTML page."""
         from plotly.offline import get_plotlyjs
 
         sub = f'<p class="sub">{html.escape(self.subtitle)}</p>' if self.subtitle else ""
@@ -110,6 +117,7 @@ class Report:
                 f"<h1>{html.escape(self.title)}</h1>{sub}{''.join(self._parts)}</body></html>\n")
 
     def write(self, path: str | Path) -> Path:
+        """Write the report to `path` atomically and return the path."""
         p = Path(path)
         p.parent.mkdir(parents=True, exist_ok=True)
         tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
@@ -177,6 +185,7 @@ def run_report(result, title: str | None = None, max_timeline_steps: int = 3000)
 
 
 def write_run_report(result, path: str | Path) -> Path:
+    """Write a run's report (`run_report`) to `path`."""
     return run_report(result).write(path)
 
 

@@ -1,5 +1,7 @@
 """Build, run and collect one simulation: the Python API behind `servesim run`.
 
+For example:
+
     from experiments.runner import run
     result = run({"model": "llama-3.1-8b", "workload": {...}})
     result.summary["ttft_s"]["p99"], result.requests  # a pandas DataFrame, one row per request
@@ -24,7 +26,7 @@ import policies.batching  # noqa: F401  (registers the built-in schedulers)
 from sim import registry
 from sim.cost import CostModel
 from sim.engine import EngineConfig, Replica, RequestLog, drive_arrivals, request_from_spec
-from sim.errors import DeploymentError
+from sim.errors import ConfigError, DeploymentError
 from sim.hardware import get_gpu, gpu_with_overrides
 from sim.kvcache import KVCacheManager
 from sim.memory import MemoryPlan, plan_memory
@@ -47,8 +49,14 @@ class RunResult:
     steps: pd.DataFrame | None = None        # sim.record_steps: replica, start_s, end_s, tokens, batch
 
     def write(self, out_dir: str | Path) -> Path:
-        """Write summary.json, requests.parquet and config.yaml atomically (all or nothing)."""
+        """Write summary.json, requests.parquet and config.yaml (plus optional tables) into `out_dir`.
+
+        All files are written to a scratch folder first and then moved in, so a failure leaves nothing
+        half-written; files of a previous run with the same names are replaced, and nothing else in
+        `out_dir` is touched."""
         out = Path(out_dir)
+        if out.exists() and not out.is_dir():
+            raise ConfigError(f"--out {str(out)!r} is a file; give a folder")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
@@ -59,16 +67,17 @@ class RunResult:
                 self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
             if self.steps is not None:
                 self.steps.to_parquet(tmp / "steps.parquet", index=False)
-            if out.exists():
-                shutil.rmtree(out)
-            os.replace(tmp, out)
-        except BaseException:
+            out.mkdir(exist_ok=True)
+            for f in tmp.iterdir():
+                os.replace(f, out / f.name)
+        finally:
             shutil.rmtree(tmp, ignore_errors=True)
-            raise
         return out
 
 
 def build_cost_model(cfg: RunConfig) -> CostModel:
+    """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
+    profile."""
     model = get_model(cfg.model.name)
     gpu = get_gpu(cfg.hardware.gpu)
     if cfg.parallelism.tp > gpu.gpus_per_node:
@@ -81,6 +90,7 @@ def build_cost_model(cfg: RunConfig) -> CostModel:
 
 
 def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
+    """The engine knobs of a config (async scheduling from the engine profile unless set)."""
     e = cfg.engine
     async_scheduling = cost.engine.async_scheduling if e.async_scheduling is None else e.async_scheduling
     return EngineConfig(max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,

@@ -115,6 +115,7 @@ class SweepSpec(_Model):
 
     @property
     def factors(self) -> list[str]:
+        """The dotted keys the sweep varies, in grid, zip, random order."""
         return [*self.grid, *self.zip, *(self.random.space if self.random else {})]
 
 

@@ -19,6 +19,7 @@ def _fmt(v) -> str:
 
 
 def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
+    """Print `rows` as a terminal table with the given columns."""
     table = Table(title=title)
     for c in columns:
         table.add_column(c, overflow="fold")
@@ -28,6 +29,7 @@ def print_rows(title: str, rows: list[dict], columns: list[str]) -> None:
 
 
 def gpu_rows() -> list[dict]:
+    """One row per catalogued GPU: peaks, memory, bandwidth, ridge points, links, price."""
     rows = []
     for g in list_gpus():
         peaks = {f"{d}_tflops": v for d, v in g.peak_tflops.items()}
@@ -41,6 +43,7 @@ def gpu_rows() -> list[dict]:
 
 
 def model_rows() -> list[dict]:
+    """One row per catalogued model: parameters, KV bytes per token, attention kind, shape."""
     return [{"name": m.name, "hf_id": m.hf_id, "params_b": m.total_params / 1e9,
              "active_params_b": m.active_params / 1e9, "kv_bytes_per_token": m.kv_bytes_per_token(2.0),
              "attention": m.attention_type, "layers": m.num_layers, "hidden": m.hidden_size,
@@ -49,6 +52,7 @@ def model_rows() -> list[dict]:
 
 
 def print_estimate(est) -> None:
+    """Print an iteration estimate op by op (`servesim estimate`)."""
     d = est.as_dict()
     title = (f"{d['model']} on {d['tp']}x {d['gpu']} ({d['weight_dtype']} weights, {d['kv_dtype']} KV, "
              f"engine {d['engine']}): {d['phase']} batch {d['batch']}"

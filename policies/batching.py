@@ -32,6 +32,8 @@ class VLLMScheduler:
     """
 
     def schedule(self, rep) -> list:
+        """Plan one step over materialised requests: running requests first, then admissions (see the class
+        docstring)."""
         cfg = rep.engine
         budget = cfg.max_num_batched_tokens
         kv = rep.kv
@@ -143,6 +145,8 @@ class VLLMScheduler:
             budget -= n
 
     def steady(self, rep) -> bool:
+        """True when every following step would decode the current running set, one token each, until an arrival or
+        a finish."""
         if rep.waiting and len(rep.running) < rep.engine.max_num_seqs:
             return False
         if len(rep.running) > rep.engine.max_num_batched_tokens:

@@ -1,5 +1,7 @@
 """servesim's Python API in one place.
 
+For example:
+
     import servesim
     result = servesim.run("experiments/examples/quickstart.yaml", ["engine.max_num_seqs=64"])
     result.summary["ttft_s"]["p99"]; result.requests        # dict, pandas DataFrame

@@ -72,6 +72,7 @@ class DecodeCohort:
         self._blocks.clear()
 
     def advance(self, steps: int) -> None:
+        """Move every member forward by `steps` decode steps (O(1): only the shared tick and the context sum change)."""
         self.tick += steps
         self.ctx += steps * self.size
 

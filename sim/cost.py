@@ -176,10 +176,12 @@ def _engine_profiles() -> dict[str, EngineProfile]:
 
 
 def list_engine_profiles() -> list[EngineProfile]:
+    """Every engine profile of sim/catalog/engines.yaml."""
     return list(_engine_profiles().values())
 
 
 def get_engine_profile(name: str) -> EngineProfile:
+    """The engine profile `name` (case-insensitive), or a one-line CatalogError listing the choices."""
     profiles = _engine_profiles()
     try:
         return profiles[name.lower()]
@@ -211,15 +213,18 @@ class BatchShape:
 
     @classmethod
     def prefill(cls, batch: int, prompt_len: int, context: int = 0) -> "BatchShape":
+        """`batch` sequences computing `prompt_len` new tokens each on top of `context` cached ones."""
         q, c = prompt_len, context
         return cls(tokens=batch * q, sampled=batch, prefill_attn=batch * q * (c + (q + 1) / 2),
                    prefill_kv=batch * (c + q), prefill_tokens=batch * q, prefill_seqs=batch)
 
     @classmethod
     def decode(cls, batch: int, context: int) -> "BatchShape":
+        """`batch` sequences decoding one token each at `context` tokens already in the KV cache."""
         return cls(tokens=batch, sampled=batch, decode_seqs=batch, decode_ctx=batch * (context + 1))
 
     def add_prefill(self, new_tokens: int, context: int, samples: bool) -> None:
+        """Add one sequence's prompt chunk; `samples`: the chunk ends the prompt, so a token is sampled."""
         self.tokens += new_tokens
         self.prefill_tokens += new_tokens
         self.prefill_seqs += 1
@@ -229,6 +234,7 @@ class BatchShape:
             self.sampled += 1
 
     def add_decode(self, context: int) -> None:
+        """Add one decoding sequence with `context` tokens in its KV cache."""
         self.tokens += 1
         self.sampled += 1
         self.decode_seqs += 1
@@ -247,6 +253,7 @@ class OpCost:
 
     @property
     def intensity(self) -> float:
+        """Arithmetic intensity in FLOP per byte (the roofline's x axis)."""
         return self.flops / self.bytes if self.bytes else float("inf")
 
 
@@ -428,6 +435,7 @@ class CostModel:
     # ----------------------------------------------------------------- memory
     @property
     def weight_bytes_per_gpu(self) -> float:
+        """Weight bytes each GPU of the TP group holds (int4 includes its group scales)."""
         wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
         return self.model.total_params * wb / self.tp
 

@@ -68,6 +68,7 @@ class RequestLog:
         self._tenant_code: dict[str, int] = {}
 
     def add(self, r: Request) -> None:
+        """Append a finished request's record (one value per column)."""
         c = self.cols
         c["request_id"].append(r.id)
         c["replica"].append(r.replica)
@@ -98,6 +99,7 @@ class RequestLog:
         return len(self.cols["request_id"])
 
     def arrays(self) -> dict[str, np.ndarray]:
+        """The records as numpy arrays by column; ``tenant`` as names (None where untagged)."""
         out = {k: np.frombuffer(v, dtype=np.float64 if v.typecode == "d" else np.int64) if len(v) else
                np.zeros(0, dtype=np.float64 if v.typecode == "d" else np.int64) for k, v in self.cols.items()}
         names = np.array(self.tenants + [None], dtype=object)
@@ -158,6 +160,7 @@ class Replica:
 
     # ------------------------------------------------------------ arrivals and policy hooks
     def enqueue(self, req: Request) -> None:
+        """Accept an arriving request: hash its prompt blocks, queue it and wake (or interrupt) the replica loop."""
         req.replica = self.index
         if self.engine.enable_prefix_caching and req.segments is not None:
             req.hashes = self.kv.block_hashes(req.segments, req.prompt_len)
@@ -170,6 +173,7 @@ class Replica:
 
     @property
     def outstanding(self) -> int:
+        """Requests waiting or running on this replica."""
         return len(self.waiting) + len(self.running)
 
     @property
@@ -181,11 +185,13 @@ class Replica:
         return sum(1 for r in self.running if not (r.generated and r.num_tokens - r.num_computed == 1))
 
     def prefix_hits(self, req: Request) -> int:
+        """Prompt tokens of `req` already in the prefix cache (whole blocks, capped at prompt - 1)."""
         if not self.engine.enable_prefix_caching or not req.hashes:
             return 0
         return self.kv.lookup(req.hashes, req.num_tokens)
 
     def admit(self, req: Request, hits: int) -> None:
+        """Move a waiting request to running with `hits` cached tokens (the scheduler has allocated its blocks)."""
         if req.first_scheduled < 0:
             req.first_scheduled = self.clock
             req.cached_tokens = hits

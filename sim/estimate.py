@@ -53,13 +53,16 @@ class Estimate:
 
     @property
     def mfu(self) -> float:
+        """Model FLOPs utilisation: achieved FLOP/s of the iteration over the GPU's peak."""
         return self.flops / self.latency_s / self.peak_flops
 
     @property
     def mbu(self) -> float:
+        """Memory bandwidth utilisation: achieved bytes/s of the iteration over the GPU's peak bandwidth."""
         return self.bytes / self.latency_s / self.peak_bw
 
     def as_dict(self) -> dict:
+        """Everything the estimate holds, as a JSON-ready dict (what `servesim estimate --json` prints)."""
         mem = self.memory
         return {
             "model": self.model, "gpu": self.gpu, "tp": self.tp, "phase": self.phase, "batch": self.batch,

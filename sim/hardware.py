@@ -66,6 +66,7 @@ class GPUSpec:
 
     @property
     def usable_memory_bytes(self) -> float:
+        """Device memory the framework can use, in bytes."""
         return self.usable_memory_gib * 2**30
 
     def ridge_point(self, dtype: str = "bf16") -> float:

@@ -85,6 +85,7 @@ class KVCacheManager:
 
     @property
     def usage(self) -> float:
+        """Fraction of blocks referenced by live sequences (0 to 1)."""
         return (self.num_blocks - len(self._free)) / self.num_blocks
 
     @property

@@ -45,6 +45,7 @@ class MemoryPlan:
     max_kv_tokens: int
 
     def as_dict(self) -> dict:
+        """The plan as a plain dict (for JSON)."""
         return asdict(self)
 
 

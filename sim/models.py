@@ -61,10 +61,12 @@ class ModelSpec:
 
     @property
     def is_moe(self) -> bool:
+        """True for a mixture-of-experts model."""
         return self.num_experts > 0
 
     @property
     def num_moe_layers(self) -> int:
+        """Layers whose FFN is a mixture of experts."""
         if not self.is_moe:
             return 0
         rest = self.num_layers - self.first_k_dense
@@ -72,6 +74,7 @@ class ModelSpec:
 
     @property
     def num_dense_layers(self) -> int:
+        """Layers with a dense FFN (all of them for a dense model)."""
         return self.num_layers - self.num_moe_layers
 
     # --- parameter counts (element counts, not billions) -------------------------------------
@@ -132,6 +135,7 @@ class ModelSpec:
 
     @property
     def embedding_params(self) -> float:
+        """Parameters of the input embedding (vocabulary x hidden size)."""
         return float(self.vocab_size * self.hidden_size)
 
     @property

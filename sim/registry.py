@@ -32,6 +32,7 @@ class PluginSpec:
     summary: str = ""
 
     def load(self) -> Any:
+        """The plugin object, importing a lazy entry point on first use."""
         if self.obj is None:
             module, _, attr = self.entry_point.partition(":")
             self.obj = getattr(importlib.import_module(module), attr)
@@ -48,6 +49,8 @@ class Registry:
 
     def add(self, kind: str, name: str, obj: Any = None, *, entry_point: str | None = None,
             replace: bool = False) -> PluginSpec:
+        """Register `obj` (or a lazy ``module:attr`` entry point) as plugin `name` of `kind`; a taken name is an
+        error unless `replace`."""
         kind_specs = self._specs.setdefault(kind, {})
         key = name.lower()
         if key in kind_specs and not replace and kind_specs[key].obj is not obj:
@@ -57,6 +60,7 @@ class Registry:
         return spec
 
     def get(self, kind: str, name: str) -> Any:
+        """The plugin `name` of `kind` (case-insensitive); an unknown name raises a ConfigError listing the choices."""
         specs = self._specs.get(kind, {})
         spec = specs.get(str(name).lower())
         if spec is None:
@@ -65,12 +69,15 @@ class Registry:
         return spec.load()
 
     def names(self, kind: str) -> list[str]:
+        """Registered names of `kind`, sorted."""
         return sorted(self._specs.get(kind, {}))
 
     def kinds(self) -> list[str]:
+        """Plugin kinds that have at least one registration, sorted."""
         return sorted(self._specs)
 
     def specs(self, kind: str) -> list[PluginSpec]:
+        """The `PluginSpec` of every plugin of `kind`, sorted by name."""
         return [self._specs[kind][n] for n in self.names(kind)]
 
 

@@ -61,6 +61,7 @@ class Request:
 
     @property
     def is_decoding(self) -> bool:
+        """True once the request samples one token per step (its prompt is fully computed)."""
         return self.generated > 0 and self.num_tokens - self.num_computed == 1
 
     def __repr__(self) -> str:

@@ -238,3 +238,15 @@ def test_failed_run_leaves_an_existing_out_dir_alone(tmp_path):
     assert p.returncode == 2
     assert json.loads((out / "summary.json").read_text()) == {"keep": True}
     assert sorted(f.name for f in tmp_path.iterdir()) == ["bad.yaml", "out"]
+
+
+def test_out_into_an_existing_folder_keeps_its_other_files(tmp_path):
+    """--out adds the run's files and replaces only those; a user's other files survive."""
+    cfg = write_yaml(tmp_path / "run.yaml", BASE)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    p = servesim("run", cfg, "--out", out, "--json")
+    assert p.returncode == 0, p.stderr
+    assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "summary.json").exists() and (out / "requests.parquet").exists()

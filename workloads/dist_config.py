@@ -139,7 +139,8 @@ def _bare_int_is_fixed(v: Any) -> Any:
 LengthDist = Annotated[
     Union[FixedLength, UniformLength, NormalLength, LognormalLength, ZipfLength, EmpiricalLength],
     Field(discriminator="dist"),
-    BeforeValidator(_bare_int_is_fixed),
+    BeforeValidator(_bare_int_is_fixed, json_schema_input_type=Union[
+        int, FixedLength, UniformLength, NormalLength, LognormalLength, ZipfLength, EmpiricalLength]),
 ]
 """A token-length distribution; a bare int means a fixed length."""
 
@@ -200,6 +201,7 @@ def _bare_number_is_fixed(v: Any) -> Any:
 TimeDist = Annotated[
     Union[FixedTime, ExponentialTime, UniformTime, LognormalTime, GammaTime],
     Field(discriminator="dist"),
-    BeforeValidator(_bare_number_is_fixed),
+    BeforeValidator(_bare_number_is_fixed, json_schema_input_type=Union[
+        float, FixedTime, ExponentialTime, UniformTime, LognormalTime, GammaTime]),
 ]
 """A distribution of waiting times in seconds; a bare number means a fixed time."""

@@ -82,6 +82,7 @@ class TraceTable:
 
     @property
     def has_prefix_identity(self) -> bool:
+        """True when rows say which prompts share content (prompt ids, prefix groups or hash ids)."""
         return self.prompt is not None or self.group is not None or self.hash_ids is not None
 
     def take(self, idx: np.ndarray) -> TraceTable:
@@ -446,7 +447,18 @@ def sniff_format(path: str | os.PathLike) -> str:
 def load_table(path: str | os.PathLike, fmt: str = "auto", *, columns: dict[str, str] | None = None,
                time_unit: str = "s", need_time: bool = True, sort: bool = False) -> TraceTable:
     """Load and validate a trace in format ``fmt`` (``auto``: sniffed). ``need_time``: the times are needed."""
-    name = sniff_format(path) if fmt == "auto" else fmt
+    try:
+        name = sniff_format(path) if fmt == "auto" else fmt
+        return _load_table(path, name, fmt, columns, time_unit, need_time, sort)
+    except (UnicodeDecodeError, OSError, ValueError) as exc:
+        # a file that is not what its name says (corrupt Parquet, non-UTF-8 JSON, ...): pyarrow's
+        # ArrowInvalid is a ValueError; keep the first line of the reader's complaint
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TraceError(f"trace {path}: cannot be read as a {fmt if fmt != 'auto' else 'trace'} file "
+                         f"({reason[:160]}); check the file and its format") from None
+
+
+def _load_table(path, name: str, fmt: str, columns, time_unit: str, need_time: bool, sort: bool) -> TraceTable:
     if columns and name != "csv":
         if fmt == "auto":
             name = "csv"  # a mapping says how to read the file: the generic reader

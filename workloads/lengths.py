@@ -163,6 +163,7 @@ class LengthPair:
         return sample_lengths(dist, n, rng)
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """`n` (input, output) length pairs; whole rows of one source when both are empirical over it."""
         if self.joint:
             vin = self._empirical(self.input_len, "input")
             vout = self._empirical(self.output_len, "output")

@@ -96,6 +96,7 @@ class SessionPlan:
 
     @property
     def num_sessions(self) -> int:
+        """Number of conversations (tasks) in the plan."""
         return len(self.start)
 
     def __len__(self) -> int:

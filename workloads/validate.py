@@ -27,9 +27,11 @@ class Locator:
 
     @property
     def csv(self) -> bool:
+        """True when rows map to CSV lines (a header, then one line per row)."""
         return self.line_offset == 2 and self.line_word == "CSV line"
 
     def column(self, col: str) -> str:
+        """The file's own name of servesim column `col` (after a column mapping)."""
         return self.aliases.get(col, col)
 
     def __call__(self, i: int, col: str | None = None) -> str:

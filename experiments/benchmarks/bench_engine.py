@@ -33,6 +33,7 @@ def _quickstart(overrides=()):
 
 
 def bench_shared_prefix(repeats: int = 5) -> dict:
+    """Wall time of the quickstart's 16,800 shared-prefix requests (median of `repeats` runs)."""
     from experiments.runner import run
 
     cfg = _quickstart()
@@ -55,6 +56,7 @@ def _poisson_config(rate: float, count: int, out_mean: int = 256) -> dict:
 
 
 def bench_poisson_100k() -> dict:
+    """Wall time of 100,000 Poisson requests at about 70% of the replica's measured capacity."""
     from experiments.runner import run
 
     saturated = run(_poisson_config(rate=200.0, count=6000))
@@ -76,6 +78,7 @@ def _million_child() -> None:
 
 
 def bench_million() -> dict:
+    """Wall time and peak memory of one million short Poisson requests, measured in a child process."""
     out = subprocess.run([sys.executable, "-m", "experiments.benchmarks.bench_engine", "--million-child"],
                          capture_output=True, text=True, check=True, cwd=ROOT)
     d = json.loads(out.stdout.strip().splitlines()[-1])
@@ -85,6 +88,7 @@ def bench_million() -> dict:
 
 
 def write_report(rows: list[dict], path: Path) -> None:
+    """Write the benchmark rows as docs/PERFORMANCE.md (or `path`)."""
     lines = ["# Performance", "",
              "Measured by `python -m experiments.benchmarks.bench_engine` (regenerate after engine changes).",
              f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
@@ -101,6 +105,7 @@ def write_report(rows: list[dict], path: Path) -> None:
 
 
 def main() -> None:
+    """Command line: run the benchmarks and write the report."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="only the shared-prefix scenario; no report")
     ap.add_argument("--million-child", action="store_true", help=argparse.SUPPRESS)

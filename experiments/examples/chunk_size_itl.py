@@ -21,6 +21,7 @@ CHUNK, RATE = "engine.max_num_batched_tokens", "workload.stages[0].rate"
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the chunk-size study's sweep, print its table and write its chart."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("out/chunk_size_itl"))
     ap.add_argument("--workers", type=int, default=None)

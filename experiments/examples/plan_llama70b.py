@@ -22,6 +22,7 @@ ROOT = HERE.parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run the Llama-3.1-70B capacity plan, print it and write its charts."""
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", type=Path, default=Path("out/plan_llama70b"))
     ap.add_argument("--workers", type=int, default=None)
