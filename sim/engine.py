@@ -4,19 +4,19 @@ Each iteration the scheduler policy picks the batch (`policies.batching`), the K
 allocates its blocks (`sim.kvcache`), the cost model prices it (`sim.cost`) and the process sleeps
 for that long; then requests advance through the state machine of `sim.request`.
 
-Fast-forward (exact): when the scheduler says the batch is *steady* (every running request decodes
-one token per step and nobody can join), the steps up to the next change (a request finishing,
-a KV block shortage that could force preemption) are priced at once with `CostModel.decode_run_times`
-and the process sleeps for all of them. An arrival during such a run interrupts it; the run is
-cut at the end of the step in progress, where the per-iteration loop would have seen the arrival
-too. Blocks are allocated in the same order as step by step, so both modes give the same
-timestamps (`mode="iteration"` keeps the reference loop; tests compare them).
-
-Decode cohort: in fast mode, decoding requests live in a `DecodeCohort` and are advanced lazily,
-so a step costs O(requests that change) rather than O(batch). A scheduler that implements
-`schedule_cohort` plans steps against the cohort; whenever it cannot promise that every member
-simply decodes (a token budget that would cut someone, blocks that could run out and force a
-preemption), it returns None and the engine takes one exact step over materialised requests.
+Fast-forward (exact): in fast mode, decoding requests live in a `DecodeCohort` (`sim.cohort`) and
+are advanced lazily, so a step costs O(requests that change) rather than O(batch). When the
+scheduler says the batch is *steady* (everyone decodes one token per step and nobody can join),
+the steps up to the next change (a request finishing, a KV block shortage that could force a
+preemption) are priced at once with `CostModel.decode_run_times` and the process sleeps through
+them. An arrival interrupts such a run, which is cut at the end of the step in progress (one step
+later with async scheduling, whose plan for the next step was already made): exactly where the
+per-iteration loop would first see the arrival. A scheduler that implements `schedule_cohort`
+also plans mixed steps against the cohort; whenever it cannot promise that every member simply
+decodes (a token budget that would cut someone, blocks that could run out), it returns None and
+the engine takes one exact step over materialised requests. Blocks are allocated, and requests
+finish, in the same order as step by step, so `mode="fast"` and the reference `mode="iteration"`
+give bit-identical timestamps (tests compare them).
 """
 from __future__ import annotations
 
