@@ -213,16 +213,16 @@ def load_config(source: str | Path | dict, overrides: list[str] | None = None) -
     for item in overrides or []:
         set_dotted(data, *parse_override(item))
     if base is not None and isinstance(data.get("workload"), dict):
-        _resolve_paths(data["workload"], base)
+        resolve_paths(data["workload"], base)
     return validate_config(data)
 
 
-def _resolve_paths(node: Any, base: Path) -> None:
+def resolve_paths(node: Any, base: Path) -> None:
     """Make the workload's file paths (`path`, `*_path` at any depth) relative to the config file."""
     items = node.items() if isinstance(node, dict) else enumerate(node) if isinstance(node, list) else ()
     for key, value in list(items):
         if isinstance(value, (dict, list)):
-            _resolve_paths(value, base)
+            resolve_paths(value, base)
         elif isinstance(key, str) and (key == "path" or key.endswith("_path")) and isinstance(value, str):
             p = Path(value).expanduser()
             if not p.is_absolute():
@@ -232,3 +232,27 @@ def _resolve_paths(node: Any, base: Path) -> None:
 def config_schema() -> dict:
     """JSON Schema of the run config (for editors and the reference docs)."""
     return RunConfig.model_json_schema()
+
+
+def load_study_file(source: str | Path | dict, model: type[BaseModel], what: str) -> tuple[Any, dict, str]:
+    """A sweep or plan file: (validated spec, its base run config with workload paths made absolute,
+    the file's text). `base:` is a path relative to the file or an inline mapping."""
+    if isinstance(source, dict):
+        data, here, text = copy.deepcopy(source), None, yaml.safe_dump(source, sort_keys=False)
+    else:
+        path = Path(source)
+        data, here, text = read_yaml(path), path.resolve().parent, path.read_text()
+    try:
+        spec = model.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{what} file: " + format_validation_error(exc).replace("config key", "key")) from None
+    if isinstance(spec.base, str):
+        base_path = Path(spec.base)
+        if not base_path.is_absolute() and here is not None:
+            base_path = here / base_path
+        base, base_dir = read_yaml(base_path), base_path.resolve().parent
+    else:
+        base, base_dir = copy.deepcopy(spec.base), here
+    if base_dir is not None and isinstance(base.get("workload"), dict):
+        resolve_paths(base["workload"], base_dir)
+    return spec, base, text

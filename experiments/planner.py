@@ -46,7 +46,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
 
 from sim.errors import ConfigError, DeploymentError, ServesimError
 
@@ -196,21 +196,9 @@ class PlanSpec(_Model):
 
 def load_plan(source: str | Path | dict) -> tuple[PlanSpec, dict]:
     """(spec, base run-config dict with model and workload merged in)."""
-    from .config import format_validation_error, read_yaml
+    from .config import load_study_file
 
-    if isinstance(source, dict):
-        data, plan_dir = copy.deepcopy(source), None
-    else:
-        data, plan_dir = read_yaml(source), Path(source).resolve().parent
-    try:
-        spec = PlanSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("plan file: " + format_validation_error(exc).replace("config key", "key")) from None
-    if isinstance(spec.base, str):
-        p = Path(spec.base)
-        base = read_yaml(p if p.is_absolute() or plan_dir is None else plan_dir / p)
-    else:
-        base = copy.deepcopy(spec.base)
+    spec, base, _ = load_study_file(source, PlanSpec, "plan")
     if spec.model is not None:
         base["model"] = copy.deepcopy(spec.model)
     if spec.workload is not None:

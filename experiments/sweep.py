@@ -49,11 +49,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from sim.errors import ConfigError, ServesimError
 
-from .config import RunConfig, format_validation_error, read_yaml, set_dotted, validate_config
+from .config import RunConfig, load_study_file, set_dotted, validate_config
 from .planner import SLO
 
 
@@ -157,7 +157,7 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def resolve_point(base: dict, point: dict[str, Any], base_dir: Path | None) -> tuple[RunConfig, bool]:
+def resolve_point(base: dict, point: dict[str, Any]) -> tuple[RunConfig, bool]:
     """The validated config of one point, and whether it asked for a Chrome trace.
 
     Sweep runs never show a progress bar; a ``sim.chrome_trace`` path becomes ``trace.json`` in
@@ -166,10 +166,6 @@ def resolve_point(base: dict, point: dict[str, Any], base_dir: Path | None) -> t
     data = copy.deepcopy(base)
     for key, value in point.items():
         set_dotted(data, key, copy.deepcopy(value))
-    wl = data.get("workload")
-    if base_dir is not None and isinstance(wl, dict) and wl.get("type") == "trace" and isinstance(wl.get("path"), str):
-        if not Path(wl["path"]).is_absolute():
-            wl["path"] = str(base_dir / wl["path"])
     sim = data.setdefault("sim", {})
     if not isinstance(sim, dict):
         raise ConfigError("config key 'sim' must be a mapping")
@@ -180,25 +176,9 @@ def resolve_point(base: dict, point: dict[str, Any], base_dir: Path | None) -> t
     return validate_config(data), trace
 
 
-def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, dict, Path | None, str]:
-    """(spec, base config dict, directory relative paths resolve against, sweep text for the report)."""
-    if isinstance(source, dict):
-        data, sweep_dir, text = copy.deepcopy(source), None, yaml.safe_dump(source, sort_keys=False)
-    else:
-        p = Path(source)
-        data, sweep_dir, text = read_yaml(p), p.resolve().parent, p.read_text()
-    try:
-        spec = SweepSpec.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError("sweep file: " + format_validation_error(exc).replace("config key", "key")) from None
-    if isinstance(spec.base, str):
-        base_path = Path(spec.base)
-        if not base_path.is_absolute() and sweep_dir is not None:
-            base_path = sweep_dir / base_path
-        base, base_dir = read_yaml(base_path), base_path.resolve().parent
-    else:
-        base, base_dir = copy.deepcopy(spec.base), sweep_dir
-    return spec, base, base_dir, text
+def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, dict, str]:
+    """(spec, base config dict with its paths resolved, sweep text for the report)."""
+    return load_study_file(source, SweepSpec, "sweep")
 
 
 # ----------------------------------------------------------------------------- executing
@@ -319,7 +299,7 @@ class SweepResult:
 def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str = "local",
               workers: int | None = None, report: bool = True, progress: bool | None = None) -> SweepResult:
     """Run (or resume) a sweep into `out_dir`; see the module docstring."""
-    spec, base, base_dir, text = load_sweep(source)
+    spec, base, text = load_sweep(source)
     out = Path(out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -335,7 +315,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
     skipped = 0
     for point in points:
         try:
-            cfg, trace = resolve_point(base, point, base_dir)
+            cfg, trace = resolve_point(base, point)
         except ServesimError as exc:
             rid = "invalid-" + hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
             ids.append(rid)

@@ -187,6 +187,6 @@ def test_sweep_cli_errors_are_one_line(tmp_path):
 
 
 def test_example_sweep_file_is_valid():
-    spec, base, _, _ = load_sweep(ROOT / "experiments" / "examples" / "chunk_size_itl.yaml")
+    spec, base, _ = load_sweep(ROOT / "experiments" / "examples" / "chunk_size_itl.yaml")
     points = expand(spec)
     assert len(points) == 21 and base["model"] == "llama-3.1-8b"
