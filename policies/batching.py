@@ -136,7 +136,8 @@ class VLLMScheduler:
                 if not cfg.enable_chunked_prefill:
                     break
                 n = budget
-            if not kv.allocate(req.id, hits + n, req.hashes, hits, req.num_tokens):
+            # hit accounting counts prompts as sent, not a preempted request's recomputation
+            if not kv.allocate(req.id, hits + n, req.hashes, hits, req.num_tokens, count=not req.preemptions):
                 break
             waiting.popleft()
             req.kv_slots = -(-(hits + n) // cfg.block_size) * cfg.block_size

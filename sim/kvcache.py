@@ -167,13 +167,14 @@ class KVCacheManager:
 
     # ---- allocation ------------------------------------------------------------------------
     def allocate(self, req_id: int, num_tokens: int, hashes: Sequence[int] = (),
-                 num_cached_tokens: int = 0, prompt_tokens: int | None = None) -> bool:
+                 num_cached_tokens: int = 0, prompt_tokens: int | None = None, count: bool = True) -> bool:
         """First allocation of ``req_id`` (new, or resumed after preemption): take the cached blocks
         for the first ``num_cached_tokens`` tokens, then fresh blocks up to ``ceil(num_tokens/bs)``.
         All-or-nothing: returns False and changes nothing if the pool is short.
 
         ``prompt_tokens`` (default ``num_tokens``) is added to ``query_tokens``, and
-        ``num_cached_tokens`` to ``hit_tokens``, only on success.
+        ``num_cached_tokens`` to ``hit_tokens``, only on success and with ``count`` (the engine passes
+        False for a preempted request coming back, so the hit rate is that of the prompts as sent).
         """
         if req_id in self._req_blocks:
             raise ValueError(f"request {req_id} already holds KV blocks; use grow()")
@@ -215,8 +216,9 @@ class KVCacheManager:
         if hashes and self.enable_prefix_caching:
             ncached = self._register(blocks, hashes, ncached, num_tokens // bs)
         self._req_ncached[req_id] = ncached
-        self.hit_tokens += num_cached_tokens
-        self.query_tokens += num_tokens if prompt_tokens is None else prompt_tokens
+        if count:
+            self.hit_tokens += num_cached_tokens
+            self.query_tokens += num_tokens if prompt_tokens is None else prompt_tokens
         used = self.num_blocks - len(free)
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used

@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.sweep import SweepSpec, expand, load_sweep, run_sweep
+from experiments.sweep import SweepSpec, expand, load_sweep, resolve_point, run_sweep
 from sim.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -190,3 +190,12 @@ def test_example_sweep_file_is_valid():
     spec, base, _ = load_sweep(ROOT / "experiments" / "examples" / "chunk_size_itl.yaml")
     points = expand(spec)
     assert len(points) == 21 and base["model"] == "llama-3.1-8b"
+
+
+def test_prefix_caching_study_sweep_file_is_valid():
+    spec, base, _ = load_sweep(ROOT / "experiments" / "examples" / "prefix_caching_multiturn.yaml")
+    points = expand(spec)
+    assert len(points) == 8 and base["workload"]["type"] == "sessions"
+    for point in points:
+        cfg, _ = resolve_point(base, point)
+        assert cfg.workload.type == "sessions"
