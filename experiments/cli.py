@@ -21,7 +21,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-catalog_app = typer.Typer(help="List catalogue entries: GPUs, models, engine profiles, cost-model constants.",
+catalog_app = typer.Typer(help="List catalogue entries: GPUs, models, engine profiles, cost-model constants, plugins.",
                           no_args_is_help=True)
 app.add_typer(catalog_app, name="catalog")
 workload_app = typer.Typer(help="Inspect workloads and traces: rates, burstiness, lengths, prefix reuse.",
@@ -177,6 +177,16 @@ def catalog_engines(as_json: bool = typer.Option(False, "--json", help="Print JS
     rows = [asdict(p) for p in list_engine_profiles()]
     _print_json(rows) if as_json else print_rows("Engine profiles", rows, ["name", "step_overhead_s",
                                                                            "per_seq_overhead_s", "description"])
+
+
+@catalog_app.command("plugins")
+def catalog_plugins(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Every registered plugin by kind (schedulers, workloads, arrival processes, ...) with its summary."""
+    from experiments.docs_gen import plugin_table
+    from experiments.tables import print_rows
+
+    rows = plugin_table()
+    _print_json(rows) if as_json else print_rows("Registered plugins", rows, ["kind", "name", "summary"])
 
 
 @catalog_app.command("constants")

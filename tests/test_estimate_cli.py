@@ -260,3 +260,12 @@ def test_roofline_bad_gpu_is_one_line(tmp_path):
     assert_user_error(servesim("roofline", "--model", "llama-3.1-8b", "--gpu", "h10", "--out", tmp_path / "r.html"),
                       "unknown GPU")
     assert not (tmp_path / "r.html").exists()
+
+
+def test_catalog_plugins_lists_every_kind():
+    p = servesim("catalog", "plugins", "--json")
+    assert p.returncode == 0, p.stderr
+    rows = json.loads(p.stdout)
+    kinds = {r["kind"] for r in rows}
+    assert {"scheduler", "workload", "arrival", "length", "trace_format"} <= kinds
+    assert any(r["kind"] == "scheduler" and r["name"] == "vllm" and r["summary"] for r in rows)
