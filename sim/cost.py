@@ -435,9 +435,14 @@ class CostModel:
     # ----------------------------------------------------------------- memory
     @property
     def weight_bytes_per_gpu(self) -> float:
-        """Weight bytes each GPU of the TP group holds (int4 includes its group scales)."""
+        """Weight bytes each GPU of the TP group holds (int4 includes its group scales; int4 checkpoints
+        keep the LM head in the activation dtype, as the step cost prices it)."""
         wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
-        return self.model.total_params * wb / self.tp
+        m = self.model
+        if self.weight_dtype == "int4":
+            head = m.lm_head_params
+            return ((m.total_params - head) * wb + head * DTYPE_BYTES[self.act_dtype]) / self.tp
+        return m.total_params * wb / self.tp
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
@@ -500,7 +505,7 @@ class CostModel:
                 + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
         return max(t, host) if e.async_scheduling else t + host
 
-    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int, extra: BatchShape | None = None):
+    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int):
         """Times of `steps` consecutive pure-decode iterations of `seqs` sequences whose context sum starts
         at `ctx_sum` (sum of c + 1) and grows by `seqs` per step. Returns a numpy array.
 

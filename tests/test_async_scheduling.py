@@ -24,7 +24,7 @@ class ConstantCost:
     def step_time(self, shape) -> float:
         return D
 
-    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int, extra=None) -> np.ndarray:
+    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
         return np.full(steps, D)
 
 

@@ -51,9 +51,9 @@ class CostSpy:
         self.steps.append((shape.tokens, shape.prefill_tokens, t))
         return t
 
-    def decode_run_times(self, seqs, ctx_sum, steps, extra=None):
+    def decode_run_times(self, seqs, ctx_sum, steps):
         self.run_seqs.append(seqs)
-        return self._inner.decode_run_times(seqs, ctx_sum, steps, extra)
+        return self._inner.decode_run_times(seqs, ctx_sum, steps)
 
 
 @contextmanager

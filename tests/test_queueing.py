@@ -34,7 +34,7 @@ class ConstantCost:
         self.steps += 1
         return self.d
 
-    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int, extra=None) -> np.ndarray:
+    def decode_run_times(self, seqs: int, ctx_sum: int, steps: int) -> np.ndarray:
         self.steps += steps
         return np.full(steps, self.d)
 
