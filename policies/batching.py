@@ -11,8 +11,9 @@ A scheduler is a registered plugin (kind ``"scheduler"``) with two methods:
 The replica exposes ``waiting`` (a deque, head first), ``running`` (a list in admission order),
 ``kv`` (a `sim.kvcache.KVCacheManager`), ``engine`` (the `EngineConfig`), ``prefilling`` (running
 requests with prompt tokens left; O(1)), ``visible_until`` (waiting requests that arrived later are not
-seen yet: async scheduling planned this step while the last one ran), ``prefix_hits(request)``, and
-``admit(request, hits)`` / ``preempt(request)``.
+seen yet: async scheduling planned this step while the last one ran), ``prefix_hits(request)``,
+``admit(request, hits)`` (after ``kv.allocate``), ``grow_kv(request, tokens)`` / ``append_kv_block(request)``
+(which keep the request's ``kv_slots`` in step with its blocks) and ``preempt(request)``.
 """
 from __future__ import annotations
 
@@ -36,12 +37,10 @@ class VLLMScheduler:
         docstring)."""
         cfg = rep.engine
         budget = cfg.max_num_batched_tokens
-        kv = rep.kv
         running = rep.running
         batch = []
         preempted = False
         i = 0
-        bs = cfg.block_size
         while i < len(running) and budget > 0:
             req = running[i]
             c = req.num_computed
@@ -54,10 +53,9 @@ class VLLMScheduler:
                 continue
             if n > budget:
                 n = budget
-            need = c + n
-            # prompt chunks always go through grow() so the blocks they fill get registered for prefix caching
+            # prompt chunks always go through grow_kv() so the blocks they fill get registered for prefix caching
             scheduled = True
-            while not kv.grow(req.id, need, req.hashes):
+            while not rep.grow_kv(req, c + n):
                 victim = running[-1]
                 rep.preempt(victim)          # removes it from running
                 preempted = True
@@ -66,9 +64,6 @@ class VLLMScheduler:
                     break
             if not scheduled:
                 break
-            slots = -(-need // bs) * bs
-            if slots > req.kv_slots:
-                req.kv_slots = slots
             batch.append((req, n))
             budget -= n
             i += 1
@@ -99,23 +94,16 @@ class VLLMScheduler:
         if need + len(due) > kv.num_free_blocks:
             cohort.push_back(due)
             return None
-        bs = cfg.block_size
         batch = []
         d = 0
         for req in explicit:
             while d < len(due) and due[d][1] < req.seq:
-                member = due[d][2]
-                kv.append_block(member.id)
-                member.kv_slots += bs
+                rep.append_kv_block(due[d][2])
                 d += 1
-            kv.grow(req.id, req.num_tokens, req.hashes)
-            slots = -(-req.num_tokens // bs) * bs
-            if slots > req.kv_slots:
-                req.kv_slots = slots
+            rep.grow_kv(req, req.num_tokens)        # fits: the pool was checked above
             batch.append((req, req.num_tokens - req.num_computed))
         for _, _, member in due[d:]:
-            kv.append_block(member.id)
-            member.kv_slots += bs
+            rep.append_kv_block(member)
         self._admit(rep, batch, cfg.max_num_batched_tokens - demand)
         return batch
 
@@ -140,7 +128,6 @@ class VLLMScheduler:
             if not kv.allocate(req.id, hits + n, req.hashes, hits, req.num_tokens, count=not req.preemptions):
                 break
             waiting.popleft()
-            req.kv_slots = -(-(hits + n) // cfg.block_size) * cfg.block_size
             rep.admit(req, hits)
             batch.append((req, n))
             budget -= n

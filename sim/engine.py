@@ -182,7 +182,7 @@ class Replica:
         or no token sampled yet."""
         if self._live:
             return len(self.explicit)
-        return sum(1 for r in self.running if not (r.generated and r.num_tokens - r.num_computed == 1))
+        return sum(1 for r in self.running if not r.is_decoding)
 
     def prefix_hits(self, req: Request) -> int:
         """Prompt tokens of `req` already in the prefix cache (whole blocks, capped at prompt - 1)."""
@@ -201,9 +201,27 @@ class Replica:
         req.state = RUNNING
         req.seq = self._admitted
         self._admitted += 1
+        req.kv_slots = self.kv.num_blocks_of(req.id) * self.engine.block_size
         self.running.append(req)
         if self._live:
             self.explicit.append(req)
+
+    def grow_kv(self, req: Request, tokens: int) -> bool:
+        """Extend `req`'s KV blocks to hold `tokens` tokens (registering prompt blocks they fill for
+        prefix caching); False, changing nothing, when the pool is short."""
+        if not self.kv.grow(req.id, tokens, req.hashes):
+            return False
+        bs = self.engine.block_size
+        slots = -(-tokens // bs) * bs
+        if slots > req.kv_slots:
+            req.kv_slots = slots
+        return True
+
+    def append_kv_block(self, req: Request) -> None:
+        """One more block for a decoding request at a block boundary (the caller checked the pool)."""
+        if not self.kv.append_block(req.id):
+            raise RuntimeError(f"no free KV block for request {req.id}; the caller must check the pool")
+        req.kv_slots += self.engine.block_size
 
     def preempt(self, req: Request) -> None:
         """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
@@ -353,7 +371,7 @@ class Replica:
         cohort = self.cohort
         explicit = []
         for req in self.running:
-            if req.generated and req.num_tokens - req.num_computed == 1:
+            if req.is_decoding:
                 cohort.add(req)
             else:
                 explicit.append(req)
@@ -413,13 +431,8 @@ class Replica:
             yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         kv = self.kv
-        bs = self.engine.block_size
-        append_block = kv.append_block
         for _, _, req in cohort.pop_due_blocks(cohort.tick + done):
-            # the step that needs the block computes token kv_slots + 1
-            if not append_block(req.id):
-                raise RuntimeError("cohort run ran out of KV blocks; _cohort_run_length is wrong")
-            req.kv_slots += bs
+            self.append_kv_block(req)      # _cohort_run_length guaranteed the pool holds them all
         cohort.advance(done)
         times = times[:done]
         st = self.steps
@@ -456,7 +469,7 @@ def _shape_of(batch, decodes: int = 0, ctx: int = 0) -> BatchShape:
     shape = BatchShape()
     for req, n in batch:
         c = req.num_computed
-        if req.generated and req.num_tokens - c == 1:
+        if req.generated and req.num_tokens - c == 1:      # Request.is_decoding, inlined: per request per step
             decodes += 1
             ctx += c + 1
         else:

@@ -55,11 +55,6 @@ class Request:
         self.slo_tpot_s = slo_tpot_s
 
     @property
-    def remaining_prefill(self) -> int:
-        """Tokens to compute before the next token can be sampled (1 while decoding)."""
-        return self.num_tokens - self.num_computed
-
-    @property
     def is_decoding(self) -> bool:
         """True once the request samples one token per step (its prompt is fully computed)."""
         return self.generated > 0 and self.num_tokens - self.num_computed == 1
