@@ -189,6 +189,22 @@ def catalog_plugins(as_json: bool = typer.Option(False, "--json", help="Print JS
     _print_json(rows) if as_json else print_rows("Registered plugins", rows, ["kind", "name", "summary"])
 
 
+@catalog_app.command("policies")
+def catalog_policies(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Serving policies by kind (schedulers, orderings, preemption, victims, admission, KV allocation, speculative
+    decoding, routers) with the YAML key that selects them and their options."""
+    from experiments.docs_gen import policy_table
+    from experiments.tables import print_rows
+
+    rows = policy_table()
+    if as_json:
+        _print_json(rows)
+        return
+    for r in rows:
+        r["options"] = "; ".join(f"{k}={v['default']!r}" for k, v in r["options"].items())
+    print_rows("Serving policies", rows, ["kind", "config_key", "name", "summary", "options"])
+
+
 @catalog_app.command("constants")
 def catalog_constants(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Every cost-model constant with value, unit and source."""

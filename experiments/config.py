@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError
+from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
+                      model_validator)
 
 from sim.errors import ConfigError
 from workloads.config import WorkloadConfig
@@ -46,6 +47,41 @@ class ParallelismConfig(_Model):
     tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
 
 
+class DeploymentConfig(_Model):
+    """Data-parallel replicas of the model behind a router."""
+
+    replicas: PositiveInt = Field(1, description="DP instances of the model, each on its own TP group.")
+    parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each replica's TP degree.")
+    allow_cross_node_tp: bool = Field(False, description="Let a TP group span nodes (priced on the inter-node "
+                                                         "fabric); refused by default.")
+
+
+class PoolConfig(_Model):
+    """One pool of a disaggregated deployment."""
+
+    replicas: PositiveInt = Field(1, description="Instances in the pool.")
+    parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each instance's TP degree.")
+    gpu: str | None = Field(None, description="GPU of this pool (default: hardware.gpu).")
+    router: str | None = Field(None, description="Router within the pool (default: the top-level router).")
+
+
+class KVTransferConfig(_Model):
+    """How a prefill instance's KV cache reaches the decode instance."""
+
+    layerwise: bool = Field(False, description="Stream each layer's KV as soon as it is computed, overlapping the "
+                                               "transfer with the prefill (only what the last step cannot hide "
+                                               "remains after it).")
+
+
+class PoolsConfig(_Model):
+    """Prefill-decode disaggregation (xPyD): prompts run on the prefill pool, the KV moves, decode runs on the
+    decode pool."""
+
+    prefill: PoolConfig = Field(description="The prefill pool.")
+    decode: PoolConfig = Field(description="The decode pool.")
+    kv_transfer: KVTransferConfig = Field(default_factory=KVTransferConfig, description="KV transfer options.")
+
+
 class EngineSection(_Model):
     """Engine knobs, named and defaulted as vLLM V1 names and defaults them."""
 
@@ -60,8 +96,18 @@ class EngineSection(_Model):
     enable_prefix_caching: bool = Field(True, description="Reuse KV blocks of shared prompt prefixes (V1 default on).")
     max_model_len: int | None = Field(
         None, ge=2, description="Longest sequence (prompt + output, at least 2); default: the model's context length.")
-    preemption_mode: Literal["recompute"] = Field(
-        "recompute", description="What happens to a preempted request's KV: recompute (vLLM V1).")
+    preemption_mode: Literal["recompute", "swap"] = Field(
+        "recompute", description="What happens to a preempted request's KV: recompute (vLLM V1: freed, computed "
+                                 "again on resumption) or swap (vLLM V0: copied to host memory over PCIe and back).")
+    swap_space: float = Field(
+        4.0, ge=0, description="Host memory for swapped KV, GiB per GPU (vLLM --swap-space, default 4); a victim "
+                               "that does not fit is recomputed.")
+    cpu_offload_gb: float = Field(
+        0.0, ge=0, description="Host-memory KV tier per replica, GiB (vLLM's CPU offloading connector): prefix "
+                               "blocks evicted from the GPU are kept there and loaded back over PCIe on a hit.")
+    nvme_offload_gb: float = Field(
+        0.0, ge=0, description="NVMe KV tier per replica, GiB, below the host tier: blocks evicted from host memory "
+                               "land there.")
     async_scheduling: bool | None = Field(
         None, description="Plan step n+1 while step n runs (vLLM --async-scheduling): host overhead overlaps the "
                           "GPU, and a request arriving during a step is first scheduled two steps later. "
@@ -99,13 +145,66 @@ class RunConfig(_Model):
     hardware: HardwareConfig = Field(default_factory=HardwareConfig, description="The GPU.")
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="TP degree.")
     engine: EngineSection = Field(default_factory=EngineSection, description="Engine knobs (vLLM names).")
-    scheduler: str = Field("vllm", description="Batching scheduler plugin (registry kind 'scheduler').")
+    scheduler: str = Field("vllm", description="Batching scheduler plugin (registry kind 'scheduler'): vllm, "
+                                               "vllm-v0, sarathi, orca, static, dynamic, or your own.")
+    scheduler_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the chosen scheduler (`servesim catalog policies`), e.g. "
+                                          "{max_batch_size: 32, max_wait_s: 0.05} for static.")
+    ordering: str = Field("fcfs", description="Order of the waiting queue (registry kind 'ordering'): fcfs, sjf, "
+                                              "priority (lower value first, as vLLM), edf, fair.")
+    ordering_options: dict[str, Any] = Field(default_factory=dict, description="Options of the ordering, e.g. "
+                                                                             "{by: output} for sjf.")
+    preemption_victim: str = Field("newest", description="Which running request is preempted when KV blocks run "
+                                                         "out (kind 'victim'): newest (vLLM), lowest_priority, largest_kv.")
+    admission: dict[str, Any] | None = Field(
+        None, description="Admission control at arrival (kind 'admission'): {type: bounded_queue, max_queue: 1000}, "
+                          "{type: token_bucket, rate: 10, burst: 20}, {type: slo_feasible}; rejected requests are "
+                          "counted in summary.requests.rejected.")
+    kv_allocation: Literal["paged", "contiguous"] = Field(
+        "paged", description="paged: KV blocks allocated as sequences grow (PagedAttention); contiguous: each request "
+                             "reserves max_model_len tokens at admission (the pre-PagedAttention baseline; no prefix "
+                             "sharing).")
+    speculative: dict[str, Any] | None = Field(
+        None, description="Speculative decoding (kind 'speculative'): {method: draft_model, draft_model: "
+                          "llama-3.2-1b, num_draft_tokens: 4, acceptance_rate: 0.8}, or method ngram / mtp.")
     workload: WorkloadConfig = Field(
         description="The traffic: poisson, shared_prefix, synthetic (any arrival process and length "
                     "distributions), sessions, agent, closed_loop, or trace (with format and transformations).")
+    cluster: dict[str, Any] | None = Field(
+        None, description="The cluster: {topology: hgx-h100, nodes: 2}, {topology: multi-node, node: hgx, nodes: 4, "
+                          "fabric: ib-ndr, layout: rail}, or {topology: path/to/graph.json}. Default: as many "
+                          "nodes of hardware.gpu's usual server as the deployment needs.")
+    deployment: DeploymentConfig | None = Field(
+        None, description="DP replicas behind the router; top-level `parallelism` is shorthand for one replica.")
+    pools: PoolsConfig | None = Field(None, description="Prefill-decode disaggregation instead of `deployment`.")
+    router: str = Field("round_robin", description="Router across replicas (kind 'router'): round_robin, random, "
+                                                   "least_outstanding_requests, least_kv_usage, power_of_two, "
+                                                   "prefix_affinity, session_affinity.")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the router.")
     seed: int = Field(0, description="Seed of every random stream in the run.")
     sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
 
+
+
+    @model_validator(mode="after")
+    def _one_deployment(self) -> "RunConfig":
+        given = self.model_fields_set
+        if self.deployment is not None and "parallelism" in given:
+            raise ValueError("give either parallelism (one replica) or deployment (replicas + parallelism), not both")
+        if self.pools is not None and (self.deployment is not None or "parallelism" in given):
+            raise ValueError("give either pools (disaggregated) or deployment/parallelism (colocated), not both")
+        return self
+
+    def replica_groups(self) -> list[tuple[str, int, int, str, bool]]:
+        """(pool name, replicas, tp, gpu, cross-node TP allowed) of each pool of the deployment."""
+        if self.pools is not None:
+            p = self.pools
+            return [("prefill", p.prefill.replicas, p.prefill.parallelism.tp, p.prefill.gpu or self.hardware.gpu, False),
+                    ("decode", p.decode.replicas, p.decode.parallelism.tp, p.decode.gpu or self.hardware.gpu, False)]
+        d = self.deployment
+        if d is None:
+            return [("replicas", 1, self.parallelism.tp, self.hardware.gpu, False)]
+        return [("replicas", d.replicas, d.parallelism.tp, self.hardware.gpu, d.allow_cross_node_tp)]
 
 
 class _SafeLoader(yaml.SafeLoader):
@@ -184,6 +283,8 @@ def format_validation_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("function-after",)))
     kind = err["type"]
+    if not loc:
+        return f"config: {err['msg'].removeprefix('Value error, ')}"
     if kind == "extra_forbidden":
         return f"config key {loc!r} is not known; remove it or check its spelling (see `servesim schema`)"
     if kind == "missing":

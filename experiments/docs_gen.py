@@ -34,12 +34,13 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # Modules whose import registers the built-in plugins (policies, workloads, arrival processes, ...).
 PLUGIN_MODULES = (
-    "policies.batching", "workloads.build", "workloads.arrivals", "workloads.lengths", "workloads.formats",
+    "policies.batching", "policies.request_batching", "policies.ordering", "policies.victims", "policies.memory",
+    "policies.admission", "policies.routing", "policies.speculative", "topologies.builders", "workloads.build", "workloads.arrivals", "workloads.lengths", "workloads.formats",
     "workloads.traces", "workloads.sessions", "workloads.shared_prefix", "workloads.closed_loop",
 )
 
 # Packages documented in the API reference, and module prefixes left out of it (scripts, not API).
-API_PACKAGES = ("servesim", "sim", "policies", "workloads", "experiments")
+API_PACKAGES = ("servesim", "sim", "policies", "topologies", "workloads", "experiments")
 API_EXCLUDE = ("experiments.validation", "experiments.benchmarks", "experiments.examples")
 
 # What each plugin kind is for, and the config key that names a plugin of that kind.
@@ -50,7 +51,18 @@ PLUGIN_KINDS = {
     "arrival": ("Open-loop arrival processes.", "workload.arrival.process"),
     "length": ("Token-length distributions (for every `*_len` key).", "workload.input_len.dist"),
     "trace_format": ("Trace file loaders.", "workload.format"),
+    "ordering": ("Orders of the waiting queue.", "ordering"),
+    "victim": ("Which running request is preempted when KV blocks run out.", "preemption_victim"),
+    "preemption": ("What a preempted request's KV becomes.", "engine.preemption_mode"),
+    "kv_allocation": ("How KV memory is reserved for a request.", "kv_allocation"),
+    "admission": ("Admission control at arrival; refused requests are counted.", "admission.type"),
+    "speculative": ("Speculative-decoding drafters.", "speculative.method"),
+    "router": ("Routers: which replica of a pool serves an arriving request.", "router"),
+    "topology": ("Cluster topology builders.", "cluster.topology"),
 }
+
+# Kinds that are serving policies (`servesim catalog policies`).
+POLICY_KINDS = ("scheduler", "ordering", "preemption", "victim", "admission", "kv_allocation", "speculative", "router")
 
 # Units of the engine-profile fields (sim.cost.EngineProfile); see the comment in engines.yaml.
 ENGINE_FIELD_UNITS = {
@@ -463,6 +475,27 @@ def plugin_table() -> list[dict[str, str]]:
             where = f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', getattr(obj, '__name__', '?'))}"
             rows.append({"kind": kind, "name": spec.name, "summary": summary, "defined_in": where,
                          "lazy": spec.entry_point or ""})
+    return rows
+
+
+def policy_table() -> list[dict[str, Any]]:
+    """Every serving-policy plugin (`POLICY_KINDS`): kind, config key, name, summary and its options with their
+    defaults and descriptions."""
+    from sim.registry import plugin_options
+
+    registry = load_plugins()
+    rows = []
+    for kind in POLICY_KINDS:
+        for spec in registry.specs(kind):
+            obj = spec.load()
+            model = plugin_options(obj)
+            options = {}
+            if model is not None:
+                for fname, f in model.model_fields.items():
+                    default = f.get_default(call_default_factory=True)
+                    options[fname] = {"default": default, "description": f.description or ""}
+            rows.append({"kind": kind, "config_key": PLUGIN_KINDS.get(kind, ("", kind))[1], "name": spec.name,
+                         "summary": spec.summary or _first_line(obj), "options": options})
     return rows
 
 

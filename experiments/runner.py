@@ -22,19 +22,15 @@ import pandas as pd
 import simpy
 import yaml
 
-import policies.batching  # noqa: F401  (registers the built-in schedulers)
-from sim import registry
-from sim.cost import CostModel
-from sim.engine import EngineConfig, Replica, RequestLog, drive_arrivals, request_from_spec
-from sim.errors import ConfigError, DeploymentError
-from sim.hardware import get_gpu, gpu_with_overrides
-from sim.kvcache import KVCacheManager
-from sim.memory import MemoryPlan, plan_memory
+from sim.engine import Replica, RequestLog, drive_arrivals, request_from_spec
+from sim.errors import ConfigError
+from sim.memory import MemoryPlan
 from sim.metrics import summarize
-from sim.models import get_model
 from workloads.build import build_workload
 
+from .build import build_cost_model, engine_config  # noqa: F401  (the runner's API since the first release)
 from .config import RunConfig, load_config
+from .deployment import Deployment, deployment_sections
 
 
 @dataclass
@@ -75,80 +71,50 @@ class RunResult:
         return out
 
 
-def build_cost_model(cfg: RunConfig) -> CostModel:
-    """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
-    profile."""
-    model = get_model(cfg.model.name)
-    gpu = get_gpu(cfg.hardware.gpu)
-    if cfg.parallelism.tp > gpu.gpus_per_node:
-        raise DeploymentError(f"parallelism.tp={cfg.parallelism.tp} exceeds the {gpu.gpus_per_node} GPUs of one "
-                              f"{gpu.name} node; tensor parallelism runs within a node, use tp <= {gpu.gpus_per_node}")
-    if cfg.hardware.price_per_hour is not None:
-        gpu = gpu_with_overrides(gpu, price_per_hour=cfg.hardware.price_per_hour)
-    return CostModel(model, gpu, tp=cfg.parallelism.tp, weight_dtype=cfg.model.weight_dtype,
-                     kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile)
-
-
-def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
-    """The engine knobs of a config (async scheduling from the engine profile unless set)."""
-    e = cfg.engine
-    async_scheduling = cost.engine.async_scheduling if e.async_scheduling is None else e.async_scheduling
-    return EngineConfig(max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
-                        block_size=e.block_size, enable_chunked_prefill=e.enable_chunked_prefill,
-                        enable_prefix_caching=e.enable_prefix_caching, max_model_len=max_model_len,
-                        preemption_mode=e.preemption_mode, async_scheduling=async_scheduling)
-
-
 def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = None) -> RunResult:
-    """Simulate one serving replica under the configured workload."""
+    """Simulate the configured deployment (one replica, DP replicas behind a router, or prefill and decode
+    pools) under the configured workload."""
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
-    cost = build_cost_model(cfg)
-    max_model_len = cfg.engine.max_model_len or cost.model.max_position_embeddings
-    e = cfg.engine
-    mem = plan_memory(cost, e.gpu_memory_utilization, e.max_num_batched_tokens, e.max_num_seqs, e.block_size)
-    if mem.max_kv_tokens < max_model_len:
-        raise DeploymentError(
-            f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than max_model_len={max_model_len:,}; "
-            f"lower engine.max_model_len, raise engine.gpu_memory_utilization or parallelism.tp")
-    ecfg = engine_config(cfg, max_model_len, cost)
-    if ecfg.max_num_batched_tokens < max_model_len and not ecfg.enable_chunked_prefill:
-        raise DeploymentError(
-            f"engine.max_num_batched_tokens={ecfg.max_num_batched_tokens} is below max_model_len={max_model_len} "
-            f"with chunked prefill off, so long prompts could never run; raise it or enable chunked prefill")
-    scheduler = registry.get("scheduler", cfg.scheduler)()
     seed = np.random.SeedSequence(cfg.seed)
-    workload = build_workload(cfg.workload, seed.spawn(1)[0], max_model_len=max_model_len)
-
+    workload_seed = seed.spawn(1)[0]
     env = simpy.Environment()
     log = RequestLog()
-    kv = KVCacheManager(mem.num_blocks, e.block_size, e.enable_prefix_caching)
-    replica = Replica(env, 0, cost, kv, ecfg, scheduler, log, mode=cfg.sim.mode)
+    dep = Deployment(cfg, env, seed.spawn(1)[0], log, mode=cfg.sim.mode)
+    serving = dep.pools[-1]
+    first = dep.replicas[0]
+    cost = first.cost
+    max_model_len = min(p.plan.max_model_len for p in dep.pools)
+    workload = build_workload(cfg.workload, workload_seed, max_model_len=max_model_len)
     if cfg.sim.record_steps or cfg.sim.chrome_trace:
-        replica.step_records = []
+        for rep in dep.replicas:
+            rep.step_records = []
     counter = [0]
 
     def count(_req) -> None:
         counter[0] += 1
 
+    frontend = cost.engine.frontend_latency_s
     if hasattr(workload, "process"):
         # a workload driven by the simulation (closed-loop clients, agent sessions): it submits
         # RequestSpecs from its own SimPy process and hears about completions
         def submit(spec) -> None:
             req = request_from_spec(spec)
             count(req)
-            replica.enqueue(req)
+            dep.route(req)
 
-        replica.on_finish = _after_frontend(env, getattr(workload, "on_finish", None), cost.engine.frontend_latency_s)
+        dep.on_finish = _after_frontend(env, getattr(workload, "on_finish", None), frontend)
         arrivals = env.process(workload.process(env, submit))
     else:
-        arrivals = env.process(drive_arrivals(env, workload, replica.enqueue, count))
-    progress = (_Progress(env, workload, log, lambda: not arrivals.is_alive and replica.outstanding == 0)
-                if cfg.sim.progress and sys.stderr.isatty() else None)
+        arrivals = env.process(drive_arrivals(env, workload, dep.route, count))
+
+    def finished() -> bool:
+        return not arrivals.is_alive and dep.outstanding == 0
+
+    progress = _Progress(env, workload, log, finished) if cfg.sim.progress and sys.stderr.isatty() else None
     samples = None
     if cfg.sim.sample_interval_s:
         samples = []
-        env.process(_sample(env, replica, log, cfg.sim.sample_interval_s, samples,
-                            lambda: not arrivals.is_alive and replica.outstanding == 0))
+        env.process(_sample(env, dep.replicas, log, cfg.sim.sample_interval_s, samples, finished))
     t0 = time.perf_counter()
     if progress:
         env.process(progress.tick())
@@ -158,22 +124,29 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
         progress.close()
 
     records = log.arrays()
-    frontend = cost.engine.frontend_latency_s
     if frontend and len(records["arrival_s"]):
         records["first_token_s"] = records["first_token_s"] + frontend
         records["finish_s"] = records["finish_s"] + frontend
-    summary = summarize(records, [replica.steps], total_requests=counter[0], dropped=workload.dropped,
-                        sim_time=replica.clock, wall_time=wall,
-                        kv_stats={"hit_tokens": kv.hit_tokens, "query_tokens": kv.query_tokens,
-                                  "evictions": kv.evictions},
+    sim_time = max(r.clock for r in dep.replicas)
+    kvs = [r.kv for r in serving.replicas]
+    mem = serving.plan.memory
+    summary = summarize(records, [r.steps for r in dep.replicas], total_requests=counter[0], dropped=workload.dropped,
+                        sim_time=sim_time, wall_time=wall,
+                        kv_stats={"hit_tokens": sum(k.hit_tokens for k in kvs),
+                                  "query_tokens": sum(k.query_tokens for k in kvs),
+                                  "evictions": sum(k.evictions for k in kvs)},
                         kv_capacity_tokens=mem.max_kv_tokens)
     summary["requests"]["clipped"] = workload.clipped
+    summary["requests"]["rejected"] = dep.rejected
+    summary["requests"]["unfinished"] -= dep.rejected
     summary["memory"] = {"weights_gb": mem.weights_gb, "kv_gb": mem.kv_gb, "num_blocks": mem.num_blocks,
                          "kv_bytes_per_token": mem.kv_bytes_per_token}
-    summary["deployment"] = {"model": cost.model.name, "gpu": cost.gpu.name, "tp": cost.tp,
+    summary["deployment"] = {"model": cost.model.name, "gpu": serving.plan.cost.gpu.name, "tp": serving.plan.cost.tp,
                              "weight_dtype": cost.weight_dtype, "kv_dtype": cost.kv_dtype,
                              "engine_profile": cost.engine.name, "scheduler": cfg.scheduler,
-                             "max_model_len": max_model_len}
+                             "max_model_len": max_model_len, "replicas": len(dep.replicas),
+                             "gpus": sum(len(r.placement.gpus) for r in dep.replicas)}
+    summary.update(deployment_sections(dep, records, sim_time))
     requests = pd.DataFrame(records)
     if len(requests):
         requests["ttft_s"] = requests["first_token_s"] - requests["arrival_s"]
@@ -181,10 +154,13 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     result = RunResult(summary, requests, cfg, mem)
     if samples is not None:
         result.timeseries = pd.DataFrame(samples, columns=["time_s", "waiting", "running", "kv_usage", "completed"])
-    if replica.step_records is not None:
-        steps = pd.DataFrame(replica.step_records, columns=["start_s", "end_s", "tokens", "batch"])
-        steps.insert(0, "replica", replica.index)
-        result.steps = steps
+    if cfg.sim.record_steps or cfg.sim.chrome_trace:
+        frames = []
+        for rep in dep.replicas:
+            steps = pd.DataFrame(rep.step_records, columns=["start_s", "end_s", "tokens", "batch"])
+            steps.insert(0, "replica", rep.index)
+            frames.append(steps)
+        result.steps = pd.concat(frames, ignore_index=True)
     if cfg.sim.chrome_trace:
         from .trace_export import write_chrome_trace
 
@@ -192,10 +168,12 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     return result
 
 
-def _sample(env: simpy.Environment, replica: Replica, log: RequestLog, interval: float, rows: list, finished):
-    """SimPy process: every `interval` simulated seconds, the replica's queue, batch and KV usage."""
+def _sample(env: simpy.Environment, replicas: list[Replica], log: RequestLog, interval: float, rows: list, finished):
+    """SimPy process: every `interval` simulated seconds, the replicas' queues and batches (summed) and KV usage
+    (mean)."""
     while True:
-        rows.append((env.now, len(replica.waiting), len(replica.running), replica.kv.usage, len(log)))
+        rows.append((env.now, sum(len(r.waiting) for r in replicas), sum(len(r.running) for r in replicas),
+                     sum(r.kv.usage for r in replicas) / len(replicas), len(log)))
         if finished():
             return
         yield env.timeout(interval)

@@ -24,7 +24,7 @@ from .request import FINISHED, Request
 class DecodeCohort:
     """Lazily advanced set of decoding requests of one replica."""
 
-    __slots__ = ("tick", "size", "ctx", "_finish", "_blocks", "block_size")
+    __slots__ = ("tick", "size", "ctx", "_finish", "_blocks", "block_size", "emit_time", "_last")
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
@@ -33,18 +33,23 @@ class DecodeCohort:
         self.ctx = 0           # sum over members of (tokens in KV + 1): the decode attention context
         self._finish: list[tuple[int, int, Request]] = []
         self._blocks: list[tuple[int, int, Request]] = []
+        # when members' latest tokens came out, for inter-token gaps: {time: members}; after a step in which the
+        # cohort decoded it is {that step's end: size}; joiners since then keep their own first-token time
+        self._last: dict[float, int] = {}
+        self.emit_time = -1.0
 
     def add(self, req: Request) -> None:
         """Admit a request that has just sampled a token and will now decode."""
         t = self.tick
         req.lazy_tick = t
+        last = self._last
+        last[req.last_token] = last.get(req.last_token, 0) + 1
         heapq.heappush(self._finish, (t + req.output_len - req.generated, req.seq, req))
         heapq.heappush(self._blocks, (t + req.kv_slots - req.num_computed + 1, req.seq, req))
         self.ctx += req.num_computed + 1
         self.size += 1
 
-    @staticmethod
-    def materialize(req: Request, tick: int) -> None:
+    def materialize(self, req: Request, tick: int) -> None:
         """Write a member's true counters back into the request."""
         d = tick - req.lazy_tick
         if d:
@@ -52,6 +57,7 @@ class DecodeCohort:
             req.num_tokens += d
             req.generated += d
             req.lazy_tick = tick
+            req.last_token = self.emit_time
 
     def release(self, req: Request) -> None:
         """A member leaves (it finished): counters written back; its heap entries go stale."""
@@ -59,6 +65,12 @@ class DecodeCohort:
         req.lazy_tick = -1
         self.ctx -= req.num_computed + 1
         self.size -= 1
+        last = self._last
+        n = last[req.last_token] - 1
+        if n:
+            last[req.last_token] = n
+        else:
+            del last[req.last_token]
 
     def clear(self, running: list[Request]) -> None:
         """Everyone leaves (the exact per-request path takes over for a step)."""
@@ -70,6 +82,15 @@ class DecodeCohort:
         self.size = self.ctx = 0
         self._finish.clear()
         self._blocks.clear()
+        self._last = {}
+
+    def emitted(self, end: float) -> dict[float, int]:
+        """Every member produced a token at `end`: returns {previous token time: members} (the gaps that end
+        now) and makes `end` everyone's latest token time."""
+        prev = self._last
+        self._last = {end: self.size} if self.size else {}
+        self.emit_time = end
+        return prev
 
     def advance(self, steps: int) -> None:
         """Move every member forward by `steps` decode steps (O(1): only the shared tick and the context sum change)."""

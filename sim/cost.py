@@ -282,8 +282,11 @@ class CostModel:
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str | None = None,
                  kv_dtype: str | None = None, engine: str | EngineProfile = "vllm",
                  act_dtype: str = "bf16", constants: KernelConstants | None = None,
-                 flash_attention: bool = True) -> None:
+                 flash_attention: bool = True, allreduce: tuple[float, float] | None = None) -> None:
         self.model, self.gpu, self.tp = model, gpu, tp
+        # (bus bandwidth B/s, latency s) of the TP group's real all-reduce path when a placement knows it
+        # (topologies.collectives.allreduce_params); None: the GPU's own scale-up link
+        self.allreduce = allreduce
         self.weight_dtype = (weight_dtype or model.default_weight_dtype).lower()
         self.kv_dtype = (kv_dtype or ("bf16" if self.weight_dtype in ("int8", "int4", "fp8") else
                                       self.weight_dtype if self.weight_dtype in KV_DTYPES else "bf16")).lower()
@@ -415,6 +418,10 @@ class CostModel:
         n = self.tp
         if n == 1:
             return 0.0, 0.0, 0.0, 0.0
+        if self.allreduce is not None and not self._ideal:
+            bw, latency = self.allreduce
+            small = self.engine.allreduce_latency_s
+            return small, max(small, latency), self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
         link = self.gpu.scaleup or self.gpu.host_link
         spec = get_link(link)
         bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from array import array
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import simpy
@@ -30,7 +30,7 @@ import simpy
 from .cohort import DecodeCohort
 from .cost import BatchShape, CostModel
 from .kvcache import KVCacheManager
-from .request import FINISHED, PREEMPTED, RUNNING, WAITING, Request
+from .request import FINISHED, PREEMPTED, REJECTED, RUNNING, SWAPPED, WAITING, Request
 
 # Longest fast-forward run, in steps: bounds the size of the vectorised pricing arrays.
 MAX_RUN_STEPS = 4096
@@ -50,6 +50,43 @@ class EngineConfig:
     async_scheduling: bool = False   # vLLM V1 --async-scheduling: step n+1 is planned while step n runs
 
 
+class _FCFS:
+    """The default order of the waiting queue: arrival order, preempted requests back at the head."""
+
+    is_fcfs = True
+
+    @staticmethod
+    def admitted(req: Request) -> None:
+        """Nothing to account."""
+
+
+def _newest(running: list[Request]) -> Request:
+    """vLLM's victim: the most recently admitted running request."""
+    return running[-1]
+
+
+@dataclass(slots=True)
+class ReplicaPolicies:
+    """The replica-level policies besides the batching scheduler (`policies/` builds them from the config).
+
+    ordering: the order of the waiting queue (``is_fcfs``, ``sort(list) -> list``, ``admitted(req)``);
+    victim: ``(running) -> request`` to preempt when KV blocks run out; admission: ``admit(req, replica,
+    now) -> bool`` at arrival (None admits everyone); reserve_tokens: KV tokens reserved per request at
+    admission (contiguous allocation reserves max_model_len; 0 = paged, blocks as the sequence grows);
+    swap: a `sim.swap.HostSwap` when preemption swaps KV to host memory (None: recompute);
+    speculator: a speculative-decoding drafter (`policies.speculative`), None for plain decoding;
+    tiers: `sim.kvtiers.KVTiers` (host / NVMe tiers below the GPU prefix cache), None without offload.
+    """
+
+    ordering: object = field(default_factory=_FCFS)
+    victim: object = _newest
+    admission: object = None
+    reserve_tokens: int = 0
+    swap: object = None
+    speculator: object = None
+    tiers: object = None
+
+
 class RequestLog:
     """Per-request records as compact columns (arrays of doubles/ints), not objects.
 
@@ -59,8 +96,8 @@ class RequestLog:
 
     COLUMNS = ("request_id", "replica", "arrival_s", "first_scheduled_s", "first_token_s", "finish_s",
                "input_tokens", "output_tokens", "cached_tokens", "preemptions", "recomputed_tokens", "stage",
-               "tenant", "priority", "slo_ttft_s", "slo_tpot_s")
-    _TYPES = "qqddddqqqqqqqqdd"
+               "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "kv_transfer_s", "prefill_replica")
+    _TYPES = "qqddddqqqqqqqqddd" + "q"
 
     def __init__(self) -> None:
         self.cols = {c: array(t) for c, t in zip(self.COLUMNS, self._TYPES)}
@@ -94,6 +131,8 @@ class RequestLog:
         c["priority"].append(r.priority)
         c["slo_ttft_s"].append(_NAN if r.slo_ttft_s is None else r.slo_ttft_s)
         c["slo_tpot_s"].append(_NAN if r.slo_tpot_s is None else r.slo_tpot_s)
+        c["kv_transfer_s"].append(r.kv_transfer_s)
+        c["prefill_replica"].append(r.replica if r.prefill_replica < 0 else r.prefill_replica)
 
     def __len__(self) -> int:
         return len(self.cols["request_id"])
@@ -122,20 +161,44 @@ class StepLog:
         self.batch_sum = 0              # sum over steps of running sequences (mean batch size)
         self.peak_kv_usage = 0.0
         self.preemptions = 0
+        self.rejected = 0
+        self.swap_outs = 0
+        self.copy_wait_s = 0.0          # steps' wait for KV copies (swap, offload loads)
+        self.drafted_tokens = 0         # speculative decoding: draft tokens proposed,
+        self.accepted_tokens = 0        # and accepted by the target
+        self.spec_steps = 0             # sequence-steps that speculated
 
 
 class Replica:
     """One model replica (a TP group) serving requests with a batching scheduler."""
 
     def __init__(self, env: simpy.Environment, index: int, cost: CostModel, kv: KVCacheManager,
-                 engine: EngineConfig, scheduler, log: RequestLog, mode: str = "fast") -> None:
+                 engine: EngineConfig, scheduler, log: RequestLog, mode: str = "fast",
+                 policies: ReplicaPolicies | None = None) -> None:
         self.env, self.index, self.cost, self.kv, self.engine = env, index, cost, kv, engine
         self.scheduler = scheduler
         self.log = log
         self.steps = StepLog()
         self.waiting: deque[Request] = deque()
+        self.swapped: deque[Request] = deque()     # preempted by swap: KV in host memory, in swap-out order
         self.running: list[Request] = []
-        self.fast = mode == "fast"
+        p = policies or ReplicaPolicies()
+        self.ordering = p.ordering
+        self.pick_victim = lambda: p.victim(self.running)
+        self.admission = p.admission
+        self.reserve_tokens = p.reserve_tokens
+        self.swap = p.swap
+        self.spec = p.speculator
+        self.tiers = p.tiers
+        if self.tiers is not None:
+            kv.evict_hook = self.tiers.evicted
+        self._sorted = True                 # the waiting queue is in the ordering's order
+        self.rejected: list[Request] = []   # refused by admission control (counted, never lost)
+        # speculative decoding advances sequences by a sampled number of tokens per step: exact steps only
+        self.fast = mode == "fast" and self.spec is None
+        self._shape = getattr(scheduler, "shape", None)
+        self._wake_at = getattr(scheduler, "wake_at", None)
+        self.cohort_idle = False            # set by a scheduler for a step in which the cohort does not decode
         self.clock = 0.0                    # exact end time of the last step (our own float, not env.now)
         self._wake = env.event()
         self._run_ends: np.ndarray | None = None   # cumulative end times of an interruptible run
@@ -162,9 +225,17 @@ class Replica:
     def enqueue(self, req: Request) -> None:
         """Accept an arriving request: hash its prompt blocks, queue it and wake (or interrupt) the replica loop."""
         req.replica = self.index
-        if self.engine.enable_prefix_caching and req.segments is not None:
+        if self.admission is not None and not self.admission.admit(req, self, self.env.now):
+            req.state = REJECTED
+            self.steps.rejected += 1
+            self.rejected.append(req)
+            if self.on_finish is not None:
+                self.on_finish(req)       # the client hears the refusal at once
+            return
+        if self.engine.enable_prefix_caching and req.segments is not None and not req.hashes:
             req.hashes = self.kv.block_hashes(req.segments, req.prompt_len)
         self.waiting.append(req)
+        self._sorted = False
         if not self._wake.triggered:
             self._wake.succeed()
         elif self._run_ends is not None:
@@ -173,8 +244,8 @@ class Replica:
 
     @property
     def outstanding(self) -> int:
-        """Requests waiting or running on this replica."""
-        return len(self.waiting) + len(self.running)
+        """Requests waiting, swapped out or running on this replica."""
+        return len(self.waiting) + len(self.swapped) + len(self.running)
 
     @property
     def prefilling(self) -> int:
@@ -190,21 +261,43 @@ class Replica:
             return 0
         return self.kv.lookup(req.hashes, req.num_tokens)
 
-    def admit(self, req: Request, hits: int) -> None:
-        """Move a waiting request to running with `hits` cached tokens (the scheduler has allocated its blocks)."""
+    def allocate(self, req: Request, tokens: int, hits: int) -> bool:
+        """Take KV blocks for a request about to be admitted: `tokens` tokens of which `hits` are cached prefix
+        (contiguous allocation reserves `reserve_tokens` at once). False, changing nothing, when the pool is short."""
+        if tokens < self.reserve_tokens:
+            tokens = self.reserve_tokens
+        # hit accounting counts prompts as sent, not a preempted request's recomputation
+        return self.kv.allocate(req.id, tokens, req.hashes, hits, req.num_tokens, count=not req.preemptions)
+
+    def offloaded_hits(self, req: Request, hits: int) -> int:
+        """Prompt tokens past the `hits` the GPU cache holds that the host / NVMe tiers hold (whole blocks, capped
+        at prompt - 1)."""
+        tiers = self.tiers
+        if tiers is None or not req.hashes:
+            return 0
+        bs = self.engine.block_size
+        limit = min((req.num_tokens - 1) // bs, len(req.hashes))
+        return tiers.lookup(req.hashes, hits // bs, limit) * bs
+
+    def admit(self, req: Request, hits: int, loaded: int = 0) -> None:
+        """Move a waiting request to running with `hits` tokens cached on the GPU and `loaded` more to load from the
+        offload tiers before the step (the scheduler has allocated its blocks)."""
         if req.first_scheduled < 0:
             req.first_scheduled = self.clock
-            req.cached_tokens = hits
-        else:
-            req.recomputed_tokens += req.num_tokens - hits
+            req.cached_tokens = hits + loaded
+        elif not req.preloaded:
+            req.recomputed_tokens += req.num_tokens - hits - loaded
+        if loaded:
+            bs = self.engine.block_size
+            self.tiers.load(req.hashes[hits // bs:(hits + loaded) // bs])
+            hits += loaded
+        if req.preloaded > hits:
+            hits = req.preloaded          # its prompt's KV arrived from the prefill instance
         req.num_computed = hits
-        req.state = RUNNING
-        req.seq = self._admitted
-        self._admitted += 1
-        req.kv_slots = self.kv.num_blocks_of(req.id) * self.engine.block_size
-        self.running.append(req)
-        if self._live:
-            self.explicit.append(req)
+        self._start_running(req)
+        if not self.ordering.is_fcfs:
+            self.ordering.admitted(req)
+            self._sorted = False
 
     def grow_kv(self, req: Request, tokens: int) -> bool:
         """Extend `req`'s KV blocks to hold `tokens` tokens (registering prompt blocks they fill for
@@ -224,24 +317,62 @@ class Replica:
         req.kv_slots += self.engine.block_size
 
     def preempt(self, req: Request) -> None:
-        """Recompute preemption: free the KV (keeping its full blocks cacheable) and requeue at the head."""
+        """Preempt a running request: swap its KV out to host memory when swap is configured and the host has
+        room, else recompute (free the KV, keeping its full blocks cacheable, and requeue it at the head)."""
         self.running.remove(req)
+        swap = self.swap
+        if swap is not None:
+            n = self.kv.num_blocks_of(req.id)
+            if swap.reserve(n):
+                self.kv.free(req.id)
+                req.kv_slots = 0
+                req.state = SWAPPED
+                req.preemptions += 1
+                st = self.steps
+                st.preemptions += 1
+                st.swap_outs += 1
+                req.swapped_blocks = n
+                self.swapped.append(req)
+                return
         if self.engine.enable_prefix_caching:
             segs = (req.segments or ((("req", req.id), req.prompt_len),)) + ((("out", req.id), req.generated),)
             req.hashes = self.kv.block_hashes(segs, req.num_computed)
         self.kv.free(req.id, req.hashes)
         req.num_computed = 0
+        req.preloaded = 0
         req.kv_slots = 0
         req.state = PREEMPTED
         req.preemptions += 1
         self.steps.preemptions += 1
         self.waiting.appendleft(req)
+        self._sorted = False
+
+    def swap_in(self, req: Request, tokens: int) -> bool:
+        """Bring the head of the swapped queue back: blocks for `tokens` tokens on the GPU and a host-to-GPU copy of
+        what it had (paid at the start of the step). False, changing nothing, when the pool is short."""
+        if not self.kv.allocate(req.id, tokens, count=False):
+            return False
+        self.swapped.popleft()
+        self.swap.release(req.swapped_blocks)
+        req.swapped_blocks = 0
+        self._start_running(req)
+        return True
+
+    def _start_running(self, req: Request) -> None:
+        """Join the running list (last in admission order) holding the blocks just allocated for it."""
+        req.state = RUNNING
+        req.seq = self._admitted
+        self._admitted += 1
+        req.kv_slots = self.kv.num_blocks_of(req.id) * self.engine.block_size
+        self.running.append(req)
+        if self._live:
+            self.explicit.append(req)
 
     # ------------------------------------------------------------ the loop
     def _loop(self):
         env = self.env
         while True:
-            if not self.waiting and not self.running:
+            if not self.waiting and not self.running and not self.swapped:
                 self._wake = env.event()
                 yield self._wake
                 self.clock = env.now
@@ -251,29 +382,121 @@ class Replica:
             else:
                 yield from self._exact_step()
 
+    def _order_waiting(self) -> None:
+        """Put the waiting queue in the configured order (FCFS needs nothing: arrivals append, preemptions go to
+        the head)."""
+        if not self._sorted:
+            self._sorted = True
+            if len(self.waiting) > 1 and not self.ordering.is_fcfs:
+                ordered = self.ordering.sort(list(self.waiting))
+                self.waiting.clear()
+                self.waiting.extend(ordered)
+
     def _exact_step(self):
         """One iteration over materialised requests (the reference semantics)."""
         env = self.env
+        self._order_waiting()
         batch = self.scheduler.schedule(self)
         if not batch:
             yield from self._idle()
             return
-        dt = self.cost.step_time(_shape_of(batch))
         start = self.clock
-        end = start + dt
+        if self._copies_pending():
+            yield from self._flush_copies()
+            start = max(start, env.now)
+        if self.spec is not None:
+            yield from self._speculative_step(batch, start)
+            return
+        shape = self._shape(self, batch) if self._shape is not None else _shape_of(batch)
+        end = start + self.cost.step_time(shape)
         yield env.timeout(end - env.now)
+        dt = end - self.clock
         self.clock = end
         self.visible_until = start if self.engine.async_scheduling else end
         self._finish_step(batch, dt, end)
 
+    def _copies_pending(self) -> bool:
+        return (self.swap is not None and self.swap.pending) or (self.tiers is not None and self.tiers.pending)
+
+    def _flush_copies(self):
+        """Run the KV copies the step's plan queued (swap out/in, loads from the offload tiers) and wait for them:
+        vLLM issues them on the compute stream before the forward pass."""
+        t0 = self.env.now
+        if self.swap is not None and self.swap.pending:
+            yield from self.swap.flush(self.env)
+        if self.tiers is not None and self.tiers.pending:
+            yield from self.tiers.flush(self.env)
+        self.steps.copy_wait_s += self.env.now - t0
+
+    def _speculative_step(self, batch, start: float):
+        """One step with speculative decoding: each decoding sequence verifies its pending token plus up to K
+        drafts (K + 1 positions, priced as a chunk of that many tokens) after the drafter's K steps, then advances
+        by the accepted drafts + 1. A sequence whose blocks cannot hold the drafts decodes plainly."""
+        env = self.env
+        spec = self.spec
+        K = spec.k
+        shape = BatchShape()
+        plain = []
+        speculating = []
+        draft_ctx = 0
+        for req, n in batch:
+            c = req.num_computed
+            if req.generated and req.num_tokens - c == 1:
+                k = min(K, req.output_len - req.generated - 1)
+                if k > 0 and self.grow_kv(req, c + 1 + k):
+                    shape.add_prefill(1 + k, c, True)
+                    shape.sampled += k            # the target's logits at every verified position
+                    speculating.append((req, k))
+                    draft_ctx += c
+                    continue
+                shape.add_decode(c)
+            else:
+                shape.add_prefill(n, c, c + n == req.num_tokens)
+            plain.append((req, n))
+        dt = self.cost.step_time(shape)
+        if speculating:
+            dt += spec.draft_time(len(speculating), draft_ctx)
+        end = start + dt
+        yield env.timeout(end - env.now)
+        step_dt = end - self.clock
+        self.clock = end
+        self.visible_until = start if self.engine.async_scheduling else end
+        tokens, gaps, done, _ = self._advance(plain, end)
+        st = self.steps
+        if speculating:
+            accepted = spec.sample_accepted(len(speculating))
+            for (req, k), a in zip(speculating, accepted):
+                t = req.last_token
+                gaps[t] = gaps.get(t, 0) + 1          # its tokens of this step arrive together
+                req.last_token = end
+                a = min(int(a), k)
+                req.num_computed += 1 + a
+                req.num_tokens = req.num_computed + 1
+                req.generated += 1 + a
+                tokens += 1 + a
+                st.drafted_tokens += k
+                st.accepted_tokens += a
+                if req.generated >= req.output_len:
+                    done.append(req)
+            st.spec_steps += len(speculating)
+            done.sort(key=_by_seq)
+        self._account(step_dt, end, tokens, len(batch), gaps)
+        for req in done:
+            self._complete(req, end)
+
     def _idle(self):
         """Nothing to run. If waiting requests were only hidden by async scheduling, the engine plans
-        again at once and sees them; otherwise (nothing fits) it waits for an arrival."""
+        again at once and sees them; otherwise (nothing fits) it waits for an arrival, or for the scheduler's
+        own wake-up time (a batching timeout)."""
         if self.waiting and self.waiting[0].arrival > self.visible_until:
             self.visible_until = float("inf")
             return
         self._wake = self.env.event()
-        yield self._wake
+        wake_at = self._wake_at(self) if self._wake_at is not None else None
+        if wake_at is not None and wake_at > self.env.now:
+            yield self._wake | self.env.timeout(wake_at - self.env.now)
+        else:
+            yield self._wake
         self.clock = max(self.clock, self.env.now)
         self.visible_until = float("inf")
 
@@ -286,8 +509,10 @@ class Replica:
     @staticmethod
     def _advance(batch, end: float):
         """Apply a finished step to the requests in `batch`: computed tokens, sampled tokens, the first
-        token's time. Returns (tokens, inter-token gaps, finished, now decoding) in batch order."""
-        tokens = gaps = 0
+        token's time. Returns (tokens, {previous token time: tokens whose gap ends now}, finished, now decoding)
+        in batch order."""
+        tokens = 0
+        gaps: dict[float, int] = {}
         done = []
         decoding = []
         for req, n in batch:
@@ -297,9 +522,11 @@ class Replica:
             if c == req.num_tokens:
                 g = req.generated
                 if g:
-                    gaps += 1
+                    t = req.last_token
+                    gaps[t] = gaps.get(t, 0) + 1
                 else:
                     req.first_token = end
+                req.last_token = end
                 g += 1
                 req.generated = g
                 req.num_tokens = c + 1
@@ -309,8 +536,9 @@ class Replica:
                     decoding.append(req)
         return tokens, gaps, done, decoding
 
-    def _account(self, dt: float, end: float, tokens: int, batch: int, gaps: int) -> None:
-        """Per-step aggregates of one iteration."""
+    def _account(self, dt: float, end: float, tokens: int, batch: int, gaps: dict) -> None:
+        """Per-step aggregates of one iteration; `gaps` maps the previous token's time to the number of
+        sequences whose inter-token gap ends at `end`."""
         st = self.steps
         st.iterations += 1
         st.busy_s += dt
@@ -319,8 +547,9 @@ class Replica:
         if self.step_records is not None:
             self.step_records.append((end - dt, end, tokens, batch))
         if gaps:
-            st.itl.append(dt)
-            st.itl_weight.append(gaps)
+            for t, n in gaps.items():
+                st.itl.append(end - t)
+                st.itl_weight.append(n)
         usage = self.kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
@@ -350,6 +579,7 @@ class Replica:
             if k >= 1:
                 yield from self._cohort_run(k)
                 return
+        self._order_waiting()
         batch = self._schedule_cohort(self) if self._schedule_cohort is not None and self._live else None
         if batch is None:
             # the exact path: materialise everyone and run one step; a cohort-planning scheduler gets
@@ -380,22 +610,39 @@ class Replica:
 
     def _cohort_run_length(self) -> int:
         cohort = self.cohort
-        k_kv = (self.kv.num_free_blocks // cohort.size) * self.engine.block_size + cohort.min_slack()
+        if self.tiers is not None:
+            # a new block may evict a cached one, whose copy down to the offload tier must start when the exact loop
+            # would start it: run only on the blocks the members hold (the boundary step is then an exact one)
+            k_kv = cohort.min_slack()
+        else:
+            k_kv = (self.kv.num_free_blocks // cohort.size) * self.engine.block_size + cohort.min_slack()
         return min(cohort.steps_to_finish(), k_kv, MAX_RUN_STEPS)
 
     def _cohort_step(self, batch):
         """One iteration: the cohort decodes one token each; `batch` holds everyone else's work."""
         cohort = self.cohort
-        seqs = cohort.size
-        dt = self.cost.step_time(_shape_of(batch, seqs, cohort.ctx))
-        start = self.clock
-        end = start + dt
+        idle = self.cohort_idle        # a prefill-only step (vllm-v0): the cohort waits
+        if idle:
+            self.cohort_idle = False
+            seqs = 0
+        else:
+            seqs = cohort.size
+        prev = start = self.clock
+        if self._copies_pending():
+            yield from self._flush_copies()
+            start = max(start, self.env.now)
+        end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
         yield self.env.timeout(end - self.env.now)
+        dt = end - prev
         self.clock = end
         self.visible_until = start if self.engine.async_scheduling else end
-        cohort.advance(1)
+        if not idle:
+            cohort.advance(1)
         tokens, gaps, done, joiners = self._advance(batch, end)
-        self._account(dt, end, tokens + seqs, len(batch) + seqs, gaps + seqs)
+        if seqs:
+            for t, n in cohort.emitted(end).items():
+                gaps[t] = gaps.get(t, 0) + n
+        self._account(dt, end, tokens + seqs, len(batch) + seqs, gaps)
         if joiners:
             explicit = self.explicit
             for req in joiners:
@@ -440,8 +687,14 @@ class Replica:
         st.busy_s += float(times.sum())
         st.batch_sum += done * seqs
         st.tokens += done * seqs
-        st.itl.extend(times.tolist())
-        st.itl_weight.extend([seqs] * done)
+        e = ends[:done].tolist()
+        for t, n in cohort.emitted(e[0]).items():      # the first step's gaps start at each member's last token
+            st.itl.append(e[0] - t)
+            st.itl_weight.append(n)
+        if done > 1:
+            st.itl.extend((ends[1:done] - ends[:done - 1]).tolist())
+            st.itl_weight.extend([seqs] * (done - 1))
+            cohort.emitted(e[-1])
         usage = kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage

@@ -47,7 +47,7 @@ class KVCacheManager:
     __slots__ = (
         "num_blocks", "block_size", "enable_prefix_caching",
         "_ref", "_hash", "_free", "_cache", "_req_blocks", "_req_ncached", "_hash_memo",
-        "hit_tokens", "query_tokens", "evictions", "peak_used_blocks",
+        "hit_tokens", "query_tokens", "evictions", "peak_used_blocks", "evict_hook",
     )
 
     def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
@@ -71,6 +71,7 @@ class KVCacheManager:
         self.query_tokens = 0
         self.evictions = 0
         self.peak_used_blocks = 0
+        self.evict_hook = None   # callback(hash) when a cached block is evicted (offload to a lower tier)
 
     # ---- occupancy -------------------------------------------------------------------------
     @property
@@ -256,6 +257,8 @@ class KVCacheManager:
             del self._cache[h]
             self._hash[b] = None
             self.evictions += 1
+            if self.evict_hook is not None:
+                self.evict_hook(h)
         self._ref[b] = 1
         self._req_blocks[req_id].append(b)
         used = self.num_blocks - len(free)
@@ -295,6 +298,8 @@ class KVCacheManager:
                 del self._cache[h]
                 bhash[b] = None
                 self.evictions += 1
+                if self.evict_hook is not None:
+                    self.evict_hook(h)
             ref[b] = 1
             out.append(b)
         return out

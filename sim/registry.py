@@ -107,3 +107,32 @@ def get(kind: str, name: str) -> Any:
 def _first_line(obj: Any) -> str:
     doc = getattr(obj, "__doc__", None) or ""
     return doc.strip().splitlines()[0] if doc.strip() else ""
+
+
+def plugin_options(obj: Any) -> type | None:
+    """The pydantic ``Options`` model a plugin declares, or None for a plugin without options."""
+    opts = getattr(obj, "Options", None)
+    return opts if isinstance(opts, type) and hasattr(opts, "model_validate") else None
+
+
+def validate_options(kind: str, name: str, options: dict | None, where: str) -> Any:
+    """A plugin's options validated against its ``Options`` model (None when it has none); errors are one line
+    naming `where` (the config key) and the bad field."""
+    from pydantic import ValidationError
+
+    obj = get(kind, name)
+    model = plugin_options(obj)
+    options = dict(options or {})
+    if model is None:
+        if options:
+            raise ConfigError(f"{where}: {kind} {name!r} takes no options; remove {', '.join(map(repr, options))}")
+        return None
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        field_name = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            known = ", ".join(model.model_fields)
+            raise ConfigError(f"{where}.{field_name}: not an option of {kind} {name!r}; its options are: {known}") from None
+        raise ConfigError(f"{where}.{field_name}: {err['msg']}; got {err.get('input')!r}") from None

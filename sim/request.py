@@ -3,7 +3,9 @@
     WAITING --schedule--> RUNNING (prompt chunks, then one token per step) --last token--> FINISHED
        ^                      |
        +----- PREEMPTED <-----+   (recompute: KV freed, the prompt and the tokens generated so far
-                                   are computed again when it is scheduled next)
+       |                      |    are computed again when it is scheduled next)
+       |                      +--> SWAPPED --swap in--> RUNNING   (swap: KV copied to host memory and back)
+       +--> REJECTED               (admission control refused it at arrival)
 
 Token accounting follows vLLM V1: `num_tokens` is prompt + generated tokens, `num_computed` the
 tokens whose KV is in the cache. Each step a running request computes `num_tokens - num_computed`
@@ -13,6 +15,8 @@ tokens (its whole remaining prompt, a chunk of it, or the one token it sampled l
 from __future__ import annotations
 
 WAITING, RUNNING, PREEMPTED, FINISHED = "waiting", "running", "preempted", "finished"
+SWAPPED = "swapped"      # preempted by swap: its KV sits in host memory until it is swapped back in
+REJECTED = "rejected"    # refused at arrival by admission control
 
 
 class Request:
@@ -21,7 +25,8 @@ class Request:
     __slots__ = ("id", "arrival", "prompt_len", "output_len", "segments", "hashes", "num_tokens",
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
                  "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick",
-                 "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key")
+                 "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key", "swapped_blocks", "preloaded", "last_token",
+                 "kv_transfer_s", "prefill_replica")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
                  session_id: str | None = None, stage: int = 0, tenant: str | None = None, priority: int = 0,
@@ -39,6 +44,7 @@ class Request:
         self.first_scheduled = -1.0
         self.first_token = -1.0
         self.finish = -1.0
+        self.last_token = -1.0     # when its latest token came out (inter-token gaps); lazy inside a decode cohort
         self.preemptions = 0
         self.cached_tokens = 0
         self.recomputed_tokens = 0
@@ -53,6 +59,10 @@ class Request:
         self.priority = priority        # how urgent it is (policies decide what that means),
         self.slo_ttft_s = slo_ttft_s    # and the latency it was promised (None: no target)
         self.slo_tpot_s = slo_tpot_s
+        self.swapped_blocks = 0         # KV blocks held in host memory while SWAPPED
+        self.preloaded = 0              # prompt tokens whose KV arrived from elsewhere (a prefill instance)
+        self.kv_transfer_s = 0.0        # time its KV spent moving between instances (PD disaggregation)
+        self.prefill_replica = -1       # the instance that ran its prompt, when not this one
 
     @property
     def is_decoding(self) -> bool:

@@ -135,7 +135,7 @@ def test_config_reference_lists_allowed_values_and_paths():
     page = sections(docs_gen.config_reference())
     engine = table_rows(page["EngineSection"])
     assert engine["gpu_memory_utilization"][3] == "> 0; <= 1"
-    assert engine["preemption_mode"][3] == "`recompute`"
+    assert engine["preemption_mode"][3] == "one of `recompute`, `swap`"
     assert "`engine`" in page["EngineSection"]
     workload = table_rows(page["RunConfig"])["workload"]
     for kind in ("poisson", "shared_prefix", "synthetic", "sessions", "agent", "closed_loop", "trace"):

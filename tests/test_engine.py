@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from experiments import runner
+from experiments import deployment, runner
 from experiments.config import load_config
 from experiments.runner import run
 from policies.batching import VLLMScheduler
@@ -59,8 +59,8 @@ class CostSpy:
 @contextmanager
 def spy():
     rec = SimpleNamespace(kv=[], replicas=[], workloads=[], costs=[])
-    kv_cls, rep_cls, build_wl, build_cost = (runner.KVCacheManager, runner.Replica, runner.build_workload,
-                                             runner.build_cost_model)
+    kv_cls, rep_cls, build_wl, build_cost = (deployment.KVCacheManager, deployment.Replica, runner.build_workload,
+                                             deployment.build_cost_model)
 
     def kv(*a, **k):
         rec.kv.append(kv_cls(*a, **k))
@@ -78,8 +78,8 @@ def spy():
         rec.costs.append(CostSpy(build_cost(*a, **k)))
         return rec.costs[-1]
 
-    with patch.object(runner, "KVCacheManager", kv), patch.object(runner, "Replica", replica), \
-            patch.object(runner, "build_workload", workload), patch.object(runner, "build_cost_model", cost):
+    with patch.object(deployment, "KVCacheManager", kv), patch.object(deployment, "Replica", replica), \
+            patch.object(runner, "build_workload", workload), patch.object(deployment, "build_cost_model", cost):
         yield rec
 
 

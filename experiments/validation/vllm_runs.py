@@ -181,21 +181,21 @@ def patched_cost(profile=None, constants=None):
     if profile is None and constants is None:
         yield
         return
-    from experiments import runner
+    from experiments import deployment
     from sim.cost import CostModel
 
-    original = runner.build_cost_model
+    original = deployment.build_cost_model
 
-    def build(cfg):
-        cost = original(cfg)
+    def build(cfg, *args, **kwargs):
+        cost = original(cfg, *args, **kwargs)
         return CostModel(cost.model, cost.gpu, tp=cost.tp, weight_dtype=cost.weight_dtype, kv_dtype=cost.kv_dtype,
-                         engine=profile or cost.engine, constants=constants)
+                         engine=profile or cost.engine, constants=constants, allreduce=cost.allreduce)
 
-    runner.build_cost_model = build
+    deployment.build_cost_model = build
     try:
         yield
     finally:
-        runner.build_cost_model = original
+        deployment.build_cost_model = original
 
 
 # ----------------------------------------------------------------------------- one replay

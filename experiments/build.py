@@ -1,0 +1,128 @@
+"""Build a replica from a validated config: cost model, memory plan, engine knobs, scheduler and policies.
+
+The runner (`experiments.runner`) calls these once per replica (or per pool of a disaggregated
+deployment); each function does one job and raises a one-line `ConfigError` / `DeploymentError` for
+a config that cannot be served, before any simulation starts.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+import policies.batching  # noqa: F401  (registers the built-in schedulers)
+import policies.memory  # noqa: F401  (registers kv_allocation and preemption modes)
+import policies.request_batching  # noqa: F401
+from policies.admission import make_admission
+from policies.ordering import make_ordering
+from policies.speculative import make_speculator
+from policies.victims import make_victim
+from sim import registry
+from sim.cost import CostModel
+from sim.engine import EngineConfig, ReplicaPolicies
+from sim.errors import ConfigError, DeploymentError
+from sim.kvtiers import KVTiers
+from sim.hardware import get_gpu, gpu_with_overrides
+from sim.memory import MemoryPlan, plan_memory
+from sim.models import get_model
+
+from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class ReplicaPlan:
+    """What every replica of one pool shares: its cost model, memory plan and engine knobs."""
+
+    cost: CostModel
+    memory: MemoryPlan
+    engine: EngineConfig
+    max_model_len: int
+    speculator: object = None
+
+
+def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None = None,
+                     allreduce: tuple[float, float] | None = None) -> CostModel:
+    """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
+    profile; `allreduce` = (bus bandwidth B/s, latency s) of the placement's real path, when known."""
+    model = get_model(cfg.model.name)
+    gpu = get_gpu(gpu_name or cfg.hardware.gpu)
+    tp = tp or cfg.parallelism.tp
+    if tp > gpu.gpus_per_node:
+        raise DeploymentError(f"parallelism.tp={tp} exceeds the {gpu.gpus_per_node} GPUs of one "
+                              f"{gpu.name} node; tensor parallelism runs within a node, use tp <= {gpu.gpus_per_node}")
+    if cfg.hardware.price_per_hour is not None:
+        gpu = gpu_with_overrides(gpu, price_per_hour=cfg.hardware.price_per_hour)
+    return CostModel(model, gpu, tp=tp, weight_dtype=cfg.model.weight_dtype,
+                     kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile, allreduce=allreduce)
+
+
+def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
+    """The engine knobs of a config (async scheduling from the engine profile unless set; contiguous KV
+    allocation shares no prefixes)."""
+    e = cfg.engine
+    async_scheduling = cost.engine.async_scheduling if e.async_scheduling is None else e.async_scheduling
+    return EngineConfig(max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
+                        block_size=e.block_size,
+                        enable_chunked_prefill=e.enable_chunked_prefill,
+                        enable_prefix_caching=e.enable_prefix_caching and cfg.kv_allocation == "paged",
+                        max_model_len=max_model_len, preemption_mode=e.preemption_mode,
+                        async_scheduling=async_scheduling)
+
+
+def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | None = None) -> ReplicaPlan:
+    """Memory plan and engine knobs of one replica on `cost`'s GPUs, refusing deployments that cannot serve
+    the configured max_model_len. A speculative drafter's weights and KV come out of the same memory."""
+    speculator = make_speculator(cfg.speculative, cost, rng or np.random.default_rng(0)) if cfg.speculative else None
+    max_model_len = cfg.engine.max_model_len or cost.model.max_position_embeddings
+    e = cfg.engine
+    extra_w = getattr(speculator, "extra_weight_bytes_per_gpu", 0.0) if speculator else 0.0
+    extra_kv = getattr(speculator, "extra_kv_bytes_per_token_per_gpu", 0.0) if speculator else 0.0
+    mem = plan_memory(cost, e.gpu_memory_utilization, e.max_num_batched_tokens, e.max_num_seqs, e.block_size,
+                      extra_weight_bytes=extra_w, extra_kv_bytes_per_token=extra_kv)
+    if mem.max_kv_tokens < max_model_len:
+        raise DeploymentError(
+            f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than max_model_len={max_model_len:,}; "
+            f"lower engine.max_model_len, raise engine.gpu_memory_utilization or parallelism.tp")
+    ecfg = engine_config(cfg, max_model_len, cost)
+    sched = registry.get("scheduler", cfg.scheduler)
+    chunked = getattr(sched, "chunked", True)
+    chunked = ecfg.enable_chunked_prefill if chunked is None else chunked
+    if ecfg.max_num_batched_tokens < max_model_len and not chunked and issubclass(sched, policies.batching.VLLMScheduler):
+        raise DeploymentError(
+            f"engine.max_num_batched_tokens={ecfg.max_num_batched_tokens} is below max_model_len={max_model_len} "
+            f"with chunked prefill off ({cfg.scheduler}), so long prompts could never run; raise it, enable chunked "
+            f"prefill, or lower engine.max_model_len")
+    return ReplicaPlan(cost, mem, ecfg, max_model_len, speculator)
+
+
+def build_scheduler(cfg: RunConfig):
+    """A fresh scheduler instance (one per replica: request-level schedulers keep their batch in progress)."""
+    cls = registry.get("scheduler", cfg.scheduler)
+    options = registry.validate_options("scheduler", cfg.scheduler, cfg.scheduler_options, "scheduler_options")
+    return cls(options) if options is not None else cls()
+
+
+def build_policies(cfg: RunConfig, plan: ReplicaPlan, rng: np.random.Generator, move=None) -> ReplicaPolicies:
+    """Ordering, victim, admission, KV allocation, preemption mode and speculator of one replica.
+
+    `move(direction, bytes_per_gpu) -> event` copies KV between the replica's GPUs, host memory and NVMe (swap,
+    offload tiers)."""
+    e = cfg.engine
+    reserve = registry.get("kv_allocation", cfg.kv_allocation)(plan.max_model_len)
+    swap = None
+    if e.preemption_mode == "swap":
+        block_bytes = plan.memory.kv_bytes_per_token * e.block_size
+        capacity = int(e.swap_space * 2**30 // block_bytes) if block_bytes else 0
+        swap = registry.get("preemption", "swap")(capacity, block_bytes, move)
+    tiers = None
+    if e.cpu_offload_gb or e.nvme_offload_gb:
+        if not plan.engine.enable_prefix_caching:
+            raise ConfigError("engine.cpu_offload_gb / nvme_offload_gb offload prefix blocks: enable "
+                              "engine.enable_prefix_caching (and use kv_allocation: paged)")
+        replica_block = plan.memory.kv_bytes_per_token * e.block_size * plan.cost.tp
+        tiers = KVTiers(int(e.cpu_offload_gb * 2**30 // replica_block), int(e.nvme_offload_gb * 2**30 // replica_block),
+                        plan.memory.kv_bytes_per_token * e.block_size, e.block_size, move)
+    return ReplicaPolicies(ordering=make_ordering(cfg.ordering, cfg.ordering_options, rng),
+                           victim=make_victim(cfg.preemption_victim),
+                           admission=make_admission(cfg.admission, rng) if cfg.admission else None,
+                           reserve_tokens=reserve, swap=swap, speculator=plan.speculator, tiers=tiers)

@@ -1,0 +1,195 @@
+"""Deployments on a cluster, end to end through `experiments.runner.run`.
+
+DP replicas behind a router, prefill-decode disaggregation with the KV cache moving over the
+cluster's links, swap preemption over PCIe, and the host / NVMe KV tiers: each with the effect it
+exists for, in a seeded scenario with an asserted margin, and the errors a bad deployment gets.
+"""
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+
+from experiments.runner import run
+from sim.errors import ConfigError, DeploymentError
+from topologies import Cluster, default_cluster
+
+MODEL = "llama-3.1-8b"
+
+
+def shared_prefix(rate: float, duration: float, prompts: int, sys_len: int = 2000, out: int = 50) -> dict:
+    return {"type": "shared_prefix", "stages": [{"rate": rate, "duration_s": duration}],
+            "num_system_prompts": prompts, "users_per_system_prompt": 5, "system_prompt_len": sys_len,
+            "question_len": 100, "output_len": out}
+
+
+def base(workload: dict, **top) -> dict:
+    cfg = {"model": MODEL, "hardware": {"gpu": "h100"}, "workload": workload, "seed": 3,
+           "engine": {"max_model_len": 4096}, "sim": {"progress": False}}
+    for k, v in top.items():
+        if k == "engine":
+            cfg["engine"].update(v)
+        else:
+            cfg[k] = v
+    return cfg
+
+
+def complete(r) -> None:
+    s = r.summary["requests"]
+    assert s["completed"] == s["total"] > 0, s
+
+
+# ----------------------------------------------------------------------------- DP and routers
+
+def test_prefix_affinity_raises_the_cluster_hit_rate_over_round_robin():
+    """32 system prompts of 2,000 tokens do not fit one replica's cache; each replica's quarter does."""
+    wl = shared_prefix(20, 40, prompts=32)
+    cfg = base(wl, deployment={"replicas": 4}, engine={"gpu_memory_utilization": 0.25})
+    rr = run(cfg)
+    pa = run({**copy.deepcopy(cfg), "router": "prefix_affinity"})
+    complete(rr)
+    complete(pa)
+    assert pa.summary["kv"]["prefix_hit_rate"] > rr.summary["kv"]["prefix_hit_rate"] + 0.15, \
+        (rr.summary["kv"]["prefix_hit_rate"], pa.summary["kv"]["prefix_hit_rate"])
+    assert pa.summary["ttft_s"]["p50"] < rr.summary["ttft_s"]["p50"]
+    assert len(rr.summary["replicas"]) == 4
+    counts = [row["completed"] for row in rr.summary["replicas"]]
+    assert max(counts) - min(counts) <= 1                       # round robin: even split
+    assert set(pa.requests["replica"]) == {0, 1, 2, 3}
+
+
+def test_dp_replicas_share_the_load_and_fast_equals_iteration():
+    wl = {"type": "poisson", "stages": [{"rate": 16, "duration_s": 20}],
+          "input_len": {"dist": "lognormal", "mean": 800, "sigma": 0.7, "max": 3000}, "output_len": 120}
+    cfg = base(wl, deployment={"replicas": 2}, router="least_outstanding_requests")
+    fast = run(cfg)
+    it = run({**copy.deepcopy(cfg), "sim": {"progress": False, "mode": "iteration"}})
+    complete(fast)
+    a = fast.requests.sort_values("request_id")
+    b = it.requests.sort_values("request_id")
+    for col in ("replica", "first_token_s", "finish_s"):
+        assert np.array_equal(a[col].values, b[col].values), col
+    one = run(base(wl))
+    assert fast.summary["ttft_s"]["p99"] < one.summary["ttft_s"]["p99"]
+    assert fast.summary["deployment"]["gpus"] == 2
+
+
+# ----------------------------------------------------------------------------- disaggregation
+
+def test_disaggregation_removes_prefill_interference_and_pays_the_transfer():
+    """Long prompts among decodes: colocated steps carry prompt chunks; the decode pool's never do."""
+    wl = {"type": "poisson", "stages": [{"rate": 3, "duration_s": 40}],
+          "input_len": {"dist": "uniform", "low": 3000, "high": 6000}, "output_len": 200}
+    colo = run(base(wl, deployment={"replicas": 2}, engine={"max_model_len": 8192}))
+    pd = run(base(wl, pools={"prefill": {"replicas": 1}, "decode": {"replicas": 1}}, engine={"max_model_len": 8192}))
+    complete(colo)
+    complete(pd)
+    assert pd.summary["itl_s"]["p99"] < 0.5 * colo.summary["itl_s"]["p99"], \
+        (colo.summary["itl_s"]["p99"], pd.summary["itl_s"]["p99"])
+    t = pd.requests["kv_transfer_s"]
+    assert (t > 0).all() and (colo.requests["kv_transfer_s"] == 0).all()
+    # the KV of 3-6k tokens of Llama-3.1-8B (128 KiB per token) over NVLink: milliseconds
+    kv_bytes = pd.requests["input_tokens"] * 131072
+    assert (t >= kv_bytes / 450e9).all() and (t < 0.1).all()
+    # TTFT includes the transfer and a step on the decode instance
+    assert (pd.requests["ttft_s"] > t).all()
+    assert set(pd.requests["prefill_replica"]) == {0} and set(pd.requests["replica"]) == {1}
+    assert pd.summary["pools"]["prefill"]["completed"] == pd.summary["pools"]["decode"]["completed"]
+    assert any("nvswitch" in link for link in pd.summary["links"])
+
+
+def test_layerwise_transfer_hides_most_of_the_kv_move():
+    wl = {"type": "poisson", "stages": [{"rate": 2, "duration_s": 20}], "input_len": 4000, "output_len": 50}
+    pools = {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}
+    plain = run(base(wl, pools=pools, engine={"max_model_len": 8192}))
+    layered = run(base(wl, pools={**pools, "kv_transfer": {"layerwise": True}}, engine={"max_model_len": 8192}))
+    assert layered.requests["kv_transfer_s"].mean() < 0.5 * plain.requests["kv_transfer_s"].mean()
+
+
+# ----------------------------------------------------------------------------- swap and offload
+
+def slow_pcie_cluster(tmp_path, bandwidth: float) -> str:
+    g = default_cluster("h100-sxm-80gb", 1).graph.copy()
+    for _, _, d in g.edges(data=True):
+        if d["kind"] == "pcie":
+            d["bandwidth"] = bandwidth
+    path = tmp_path / "slow.json"
+    Cluster(g).to_json(path)
+    return str(path)
+
+
+def test_swap_beats_recompute_on_fast_pcie_and_loses_on_slow(tmp_path):
+    """Long contexts, scarce KV, no prefix caching (vLLM V0): a swap moves ~0.7 GB each way, 14 ms at PCIe Gen5
+    speed and 7 s at 0.1 GB/s; recomputing a 5-6k-token context takes ~0.2 s of an H100."""
+    wl = {"type": "poisson", "stages": [{"rate": 4, "duration_s": 6}],
+          "input_len": {"dist": "uniform", "low": 5000, "high": 6000},
+          "output_len": {"dist": "uniform", "low": 150, "high": 300}}
+    engine = {"gpu_memory_utilization": 0.23, "max_num_batched_tokens": 2048, "max_model_len": 8192,
+              "enable_prefix_caching": False}
+    out = {}
+    for pcie in ("fast", "slow"):
+        for mode in ("recompute", "swap"):
+            cfg = base(wl, engine={**engine, "preemption_mode": mode})
+            cfg["seed"] = 1
+            if pcie == "slow":
+                cfg["cluster"] = {"topology": slow_pcie_cluster(tmp_path, 0.1e9)}
+            r = run(cfg)
+            complete(r)
+            assert r.summary["preemptions"] > 0
+            out[pcie, mode] = r
+    e2e = {k: r.summary["e2e_s"]["mean"] for k, r in out.items()}
+    assert e2e["fast", "swap"] < 0.97 * e2e["fast", "recompute"], e2e
+    assert e2e["slow", "swap"] > 1.2 * e2e["slow", "recompute"], e2e
+    assert out["fast", "swap"].summary["recomputed_tokens"] == 0
+    assert out["fast", "recompute"].summary["recomputed_tokens"] > 0
+    s = out["slow", "swap"].summary["swap"]
+    assert s["out_bytes_per_gpu"] == s["in_bytes_per_gpu"] > 0 and s["copy_wait_s"] > 1.0
+
+
+def test_cpu_offload_raises_the_hit_rate_when_the_gpu_cache_is_too_small():
+    wl = shared_prefix(10, 40, prompts=40, sys_len=3000)
+    small = {"gpu_memory_utilization": 0.25}
+    gpu_only = run(base(wl, engine=small))
+    tiered = run(base(wl, engine={**small, "cpu_offload_gb": 8}))
+    nvme = run(base(wl, engine={**small, "cpu_offload_gb": 1, "nvme_offload_gb": 50}))
+    for r in (gpu_only, tiered, nvme):
+        complete(r)
+    off = tiered.summary["offload"]
+    assert off["host_hit_rate"] > 0.2
+    assert off["gpu_hit_rate"] + off["host_hit_rate"] > gpu_only.summary["kv"]["prefix_hit_rate"] + 0.2
+    assert tiered.summary["ttft_s"]["p50"] < 0.5 * gpu_only.summary["ttft_s"]["p50"]
+    assert nvme.summary["offload"]["nvme_hit_rate"] > 0.2
+    assert off["loaded_bytes_per_gpu"] > 0 and off["stored_bytes_per_gpu"] > 0
+    it = run({**base(wl, engine={**small, "cpu_offload_gb": 8}), "sim": {"progress": False, "mode": "iteration"}})
+    assert np.array_equal(it.requests.sort_values("request_id")["first_token_s"].values,
+                          tiered.requests.sort_values("request_id")["first_token_s"].values)
+
+
+# ----------------------------------------------------------------------------- bad deployments
+
+WL = {"type": "poisson", "stages": [{"rate": 1, "duration_s": 1}], "input_len": 10, "output_len": 5}
+
+
+def test_more_gpus_than_the_cluster_has_is_refused():
+    with pytest.raises(DeploymentError, match="needs 16 .*cluster has 8"):
+        run(base(WL, deployment={"replicas": 16}, cluster={"topology": "hgx-h100", "nodes": 1}))
+
+
+def test_parallelism_and_deployment_together_is_refused():
+    with pytest.raises(ConfigError, match="either parallelism .* or deployment"):
+        run(base(WL, parallelism={"tp": 2}, deployment={"replicas": 2}))
+
+
+def test_pool_tp_beyond_a_node_is_refused():
+    with pytest.raises(DeploymentError, match=r"pools.decode.parallelism.tp=16 exceeds"):
+        run(base(WL, pools={"prefill": {"replicas": 1}, "decode": {"replicas": 1, "parallelism": {"tp": 16}}}))
+
+
+def test_nvme_tier_without_nvme_is_refused(tmp_path):
+    g = default_cluster("h100-sxm-80gb", 1).graph.copy()
+    g.remove_nodes_from([n for n, d in g.nodes(data=True) if d["kind"] == "nvme"])
+    path = tmp_path / "no_nvme.json"
+    Cluster(g).to_json(path)
+    with pytest.raises(ConfigError, match="nvme_offload_gb"):
+        run(base(WL, cluster={"topology": str(path)}, engine={"nvme_offload_gb": 10}))
