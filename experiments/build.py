@@ -69,17 +69,20 @@ def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> Engine
                         async_scheduling=async_scheduling)
 
 
-def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | None = None) -> ReplicaPlan:
-    """Memory plan and engine knobs of one replica on `cost`'s GPUs, refusing deployments that cannot serve
-    the configured max_model_len. A speculative drafter's weights and KV come out of the same memory."""
+def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | None = None, pp: int = 1) -> ReplicaPlan:
+    """Memory plan and engine knobs of one replica on `cost`'s GPUs (each of `pp` stages holding 1/pp of the layers),
+    refusing deployments that cannot serve the configured max_model_len. A speculative drafter's weights and KV come
+    out of the same memory."""
+    if pp > 1 and cfg.speculative:
+        raise ConfigError("speculative decoding with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
     speculator = make_speculator(cfg.speculative, cost, rng or np.random.default_rng(0)) if cfg.speculative else None
     max_model_len = cfg.engine.max_model_len or cost.model.max_position_embeddings
     e = cfg.engine
     extra_w = getattr(speculator, "extra_weight_bytes_per_gpu", 0.0) if speculator else 0.0
     extra_kv = getattr(speculator, "extra_kv_bytes_per_token_per_gpu", 0.0) if speculator else 0.0
     mem = plan_memory(cost, e.gpu_memory_utilization, e.max_num_batched_tokens, e.max_num_seqs, e.block_size,
-                      extra_weight_bytes=extra_w, extra_kv_bytes_per_token=extra_kv)
-    if mem.max_kv_tokens < max_model_len:
+                      extra_weight_bytes=extra_w, extra_kv_bytes_per_token=extra_kv, pipeline_stages=pp)
+    if mem.max_kv_tokens // pp < max_model_len:
         raise DeploymentError(
             f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than max_model_len={max_model_len:,}; "
             f"lower engine.max_model_len, raise engine.gpu_memory_utilization or parallelism.tp")

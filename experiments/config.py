@@ -45,6 +45,8 @@ class ParallelismConfig(_Model):
     """How one replica is split across GPUs."""
 
     tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
+    pp: PositiveInt = Field(1, description="Pipeline-parallel stages (each a TP group; layers split evenly). vLLM "
+                                           "keeps pp batches in flight, one per virtual engine.")
 
 
 class DeploymentConfig(_Model):
@@ -122,7 +124,8 @@ class SimSection(_Model):
     progress: bool = Field(True, description="Show a progress bar on runs that take more than a couple of seconds.")
     sample_interval_s: PositiveFloat | None = Field(
         None, description="Sample queue length, running batch and KV usage every this many simulated seconds "
-                          "(the run's timeseries, for charts); default off. Within a fast-forward run the KV "
+                          "(the run's timeseries, for charts), and keep every link's utilisation change points "
+                          "(links.parquet); default off. Within a fast-forward run the KV "
                           "usage is the value at the run's start (blocks are allocated at its end).")
     record_steps: bool = Field(
         False, description="Record every iteration's (start, end, tokens, batch size) for the timeline chart and "
@@ -195,16 +198,19 @@ class RunConfig(_Model):
             raise ValueError("give either pools (disaggregated) or deployment/parallelism (colocated), not both")
         return self
 
-    def replica_groups(self) -> list[tuple[str, int, int, str, bool]]:
-        """(pool name, replicas, tp, gpu, cross-node TP allowed) of each pool of the deployment."""
+    def replica_groups(self) -> list[tuple[str, int, int, int, str, bool]]:
+        """(pool name, replicas, tp, pp, gpu, cross-node TP allowed) of each pool of the deployment."""
         if self.pools is not None:
-            p = self.pools
-            return [("prefill", p.prefill.replicas, p.prefill.parallelism.tp, p.prefill.gpu or self.hardware.gpu, False),
-                    ("decode", p.decode.replicas, p.decode.parallelism.tp, p.decode.gpu or self.hardware.gpu, False)]
+            out = []
+            for name in ("prefill", "decode"):
+                pool = getattr(self.pools, name)
+                out.append((name, pool.replicas, pool.parallelism.tp, pool.parallelism.pp,
+                            pool.gpu or self.hardware.gpu, False))
+            return out
         d = self.deployment
         if d is None:
-            return [("replicas", 1, self.parallelism.tp, self.hardware.gpu, False)]
-        return [("replicas", d.replicas, d.parallelism.tp, self.hardware.gpu, d.allow_cross_node_tp)]
+            return [("replicas", 1, self.parallelism.tp, self.parallelism.pp, self.hardware.gpu, False)]
+        return [("replicas", d.replicas, d.parallelism.tp, d.parallelism.pp, self.hardware.gpu, d.allow_cross_node_tp)]
 
 
 class _SafeLoader(yaml.SafeLoader):

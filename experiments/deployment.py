@@ -25,7 +25,8 @@ from sim.hardware import get_gpu
 from sim.kvcache import KVCacheManager
 from sim.links import FlowNetwork
 from sim.request import REJECTED, Request
-from topologies import GroupRequest, allreduce_params, build_cluster, default_cluster, place
+from sim.pipeline import Pipeline
+from topologies import GroupRequest, allreduce_params, build_cluster, default_cluster, p2p_time, place
 
 from .build import ReplicaPlan, build_cost_model, build_policies, build_scheduler, plan_replica
 from .config import RunConfig
@@ -49,7 +50,7 @@ class Deployment:
                  mode: str = "fast") -> None:
         self.cfg, self.env, self.log = cfg, env, log
         groups = cfg.replica_groups()
-        for name, _, tp, gpu, cross in groups:
+        for name, _, tp, _, gpu, cross in groups:
             spec = get_gpu(gpu)
             if cfg.cluster is None and not cross and tp > spec.gpus_per_node:
                 key = "parallelism.tp" if name == "replicas" else f"pools.{name}.parallelism.tp"
@@ -59,37 +60,46 @@ class Deployment:
             self.cluster = build_cluster(cfg.cluster, cfg.hardware.gpu)
         else:
             needs: dict[str, int] = {}
-            for _, count, tp, gpu, _ in groups:
+            for _, count, tp, pp, gpu, _ in groups:
                 name = get_gpu(gpu).name
-                needs[name] = needs.get(name, 0) + count * tp
+                needs[name] = needs.get(name, 0) + count * tp * pp
             if len(needs) > 1:
                 raise ConfigError(f"pools on different GPUs ({', '.join(needs)}) need a cluster that has both; "
                                   f"give `cluster:` as a graph file (topology: path/to/graph.json)")
             (gpu_name, gpus_needed), = needs.items()
             self.cluster = default_cluster(gpu_name, gpus_needed)
-        placements = place(self.cluster, [GroupRequest(name, count, tp, gpu=gpu, allow_cross_node_tp=cross)
-                                          for name, count, tp, gpu, cross in groups])
-        self.net = FlowNetwork(env, self.cluster.link_capacities())
-        streams = iter(seed.spawn(2 + sum(g[1] for g in groups)))
+        placements = place(self.cluster, [GroupRequest(name, count, tp, pp=pp, gpu=gpu, allow_cross_node_tp=cross)
+                                          for name, count, tp, pp, gpu, cross in groups])
+        # with timeseries sampling on, every link's utilisation change point is kept for the results
+        self.net = FlowNetwork(env, self.cluster.link_capacities(), record=cfg.sim.sample_interval_s is not None)
+        streams = iter(seed.spawn(2 + sum(g[1] * g[3] for g in groups)))
         router_rng = np.random.default_rng(next(streams))
         plan_rng = np.random.default_rng(next(streams))
         self.pools: list[Pool] = []
         self.replicas: list[Replica] = []
         self.prefill_log = RequestLog() if cfg.pools is not None else None
-        for name, count, tp, gpu, _ in groups:
+        for name, count, tp, pp, gpu, _ in groups:
             mine = [p for p in placements if p.group == name]
-            cost = build_cost_model(cfg, gpu, tp, allreduce=self._allreduce(mine[0].gpus, gpu, tp))
-            plan = plan_replica(cfg, cost, plan_rng)
+            cost = build_cost_model(cfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp))
+            plan = plan_replica(cfg, cost, plan_rng, pp=pp)
             pool_log = self.prefill_log if name == "prefill" else log
             replicas = []
             for placement in mine:
-                kv = KVCacheManager(plan.memory.num_blocks, plan.engine.block_size, plan.engine.enable_prefix_caching)
-                pol = build_policies(cfg, plan, np.random.default_rng(next(streams)), self._host_mover(placement.gpus))
-                rep = Replica(env, len(self.replicas), cost, kv, plan.engine, build_scheduler(cfg), pool_log, mode, pol)
-                rep.pool = name
-                rep.placement = placement
-                replicas.append(rep)
-                self.replicas.append(rep)
+                pipeline = self._pipeline(placement, cost) if pp > 1 else None
+                # with pipeline parallelism vLLM runs pp virtual engines, each with its own batches and its share of
+                # the KV blocks, whose steps flow through the shared stages
+                for _ in range(pp):
+                    kv = KVCacheManager(plan.memory.num_blocks // pp, plan.engine.block_size,
+                                        plan.engine.enable_prefix_caching)
+                    pol = build_policies(cfg, plan, np.random.default_rng(next(streams)),
+                                         self._host_mover(placement.stages[0]))
+                    pol.pipeline = pipeline
+                    rep = Replica(env, len(self.replicas), cost, kv, plan.engine, build_scheduler(cfg), pool_log, mode,
+                                  pol)
+                    rep.pool = name
+                    rep.placement = placement
+                    replicas.append(rep)
+                    self.replicas.append(rep)
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
             self.pools.append(Pool(name, plan, replicas, router, mine))
@@ -123,6 +133,18 @@ class Deployment:
         if one_node and spec.scaleup and spec.scaleup != "nvlink-bridge":
             return None
         return allreduce_params(self.cluster, gpus)
+
+    def _pipeline(self, placement, cost) -> Pipeline:
+        """The stages of one PP replica, with the activations' point-to-point time between consecutive stages."""
+        cluster = self.cluster
+        hops = [(placement.stages[i][0], placement.stages[i + 1][0]) for i in range(len(placement.stages) - 1)]
+        act_bytes = cost.model.hidden_size * 2.0          # bf16 hidden states of each token in the step
+
+        def p2p(stage: int, tokens: int) -> float:
+            src, dst = hops[stage]
+            return p2p_time(cluster, src, dst, tokens * act_bytes)
+
+        return Pipeline(len(placement.stages), p2p)
 
     def _host_mover(self, gpus):
         """Copies between each GPU of a replica and its node's host memory, as parallel flows (one per TP shard)."""
@@ -195,8 +217,8 @@ class Deployment:
             req.hashes = decode.replicas[0].kv.block_hashes(req.segments, req.prompt_len)
         target = decode.replicas[decode.router.choose(req, decode.replicas)] if len(decode.replicas) > 1 \
             else decode.replicas[0]
-        src = self.replicas[clone.replica].placement.gpus
-        dst = target.placement.gpus
+        src = self.replicas[clone.replica].placement.gpus      # every GPU holds a shard of the KV (its heads,
+        dst = target.placement.gpus                            # its stage's layers)
         start = self.env.now
         done = self._transfer(src, dst, self._kv_bytes(req, clone, src, dst))
 
@@ -262,6 +284,10 @@ def deployment_sections(dep: Deployment, records: dict, sim_time: float) -> dict
                 "completed": sum(m["completed"] for m in mine)}
     if dep.cfg.pools is not None:
         out["kv_transfer_s"] = distribution(records["kv_transfer_s"])
+    pipelines = list({id(r.pipeline): r.pipeline for r in dep.replicas if r.pipeline is not None}.values())
+    if pipelines:
+        out["pipeline"] = {"stages": pipelines[0].stages,
+                           "stage_utilisation": [[round(u, 4) for u in p.utilisation(sim_time)] for p in pipelines]}
     links = {k: v for k, v in dep.net.link_stats().items() if v["bytes"] > 0}
     out["links"] = dict(sorted(links.items(), key=lambda kv: -kv[1]["busy_s"])[:20])
     swaps = [r.swap for r in dep.replicas if r.swap is not None]

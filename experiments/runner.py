@@ -43,6 +43,7 @@ class RunResult:
     memory: MemoryPlan
     timeseries: pd.DataFrame | None = None   # sim.sample_interval_s: time, waiting, running, kv_usage, completed
     steps: pd.DataFrame | None = None        # sim.record_steps: replica, start_s, end_s, tokens, batch
+    links: pd.DataFrame | None = None        # sim.sample_interval_s: time_s, link, utilisation (change points)
 
     def write(self, out_dir: str | Path) -> Path:
         """Write summary.json, requests.parquet and config.yaml (plus optional tables) into `out_dir`.
@@ -63,6 +64,8 @@ class RunResult:
                 self.timeseries.to_parquet(tmp / "timeseries.parquet", index=False)
             if self.steps is not None:
                 self.steps.to_parquet(tmp / "steps.parquet", index=False)
+            if self.links is not None:
+                self.links.to_parquet(tmp / "links.parquet", index=False)
             out.mkdir(exist_ok=True)
             for f in tmp.iterdir():
                 os.replace(f, out / f.name)
@@ -145,7 +148,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
                              "weight_dtype": cost.weight_dtype, "kv_dtype": cost.kv_dtype,
                              "engine_profile": cost.engine.name, "scheduler": cfg.scheduler,
                              "max_model_len": max_model_len, "replicas": len(dep.replicas),
-                             "gpus": sum(len(r.placement.gpus) for r in dep.replicas)}
+                             "gpus": sum(len(p.gpus) for p in dep.placements)}
     summary.update(deployment_sections(dep, records, sim_time))
     requests = pd.DataFrame(records)
     if len(requests):
@@ -154,6 +157,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     result = RunResult(summary, requests, cfg, mem)
     if samples is not None:
         result.timeseries = pd.DataFrame(samples, columns=["time_s", "waiting", "running", "kv_usage", "completed"])
+        result.links = pd.DataFrame(dep.net.rate_timeline(), columns=["time_s", "link", "utilisation"])
     if cfg.sim.record_steps or cfg.sim.chrome_trace:
         frames = []
         for rep in dep.replicas:

@@ -75,7 +75,8 @@ class ReplicaPolicies:
     admission (contiguous allocation reserves max_model_len; 0 = paged, blocks as the sequence grows);
     swap: a `sim.swap.HostSwap` when preemption swaps KV to host memory (None: recompute);
     speculator: a speculative-decoding drafter (`policies.speculative`), None for plain decoding;
-    tiers: `sim.kvtiers.KVTiers` (host / NVMe tiers below the GPU prefix cache), None without offload.
+    tiers: `sim.kvtiers.KVTiers` (host / NVMe tiers below the GPU prefix cache), None without offload;
+    pipeline: the `sim.pipeline.Pipeline` this replica (a virtual engine) shares with the others of its PP replica.
     """
 
     ordering: object = field(default_factory=_FCFS)
@@ -85,6 +86,7 @@ class ReplicaPolicies:
     swap: object = None
     speculator: object = None
     tiers: object = None
+    pipeline: object = None
 
 
 class RequestLog:
@@ -190,12 +192,14 @@ class Replica:
         self.swap = p.swap
         self.spec = p.speculator
         self.tiers = p.tiers
+        self.pipeline = p.pipeline
         if self.tiers is not None:
             kv.evict_hook = self.tiers.evicted
         self._sorted = True                 # the waiting queue is in the ordering's order
         self.rejected: list[Request] = []   # refused by admission control (counted, never lost)
-        # speculative decoding advances sequences by a sampled number of tokens per step: exact steps only
-        self.fast = mode == "fast" and self.spec is None
+        # speculative decoding advances sequences by a sampled number of tokens per step, and a pipeline stage serves
+        # the virtual engines' steps in the order they are planned: exact steps only
+        self.fast = mode == "fast" and self.spec is None and self.pipeline is None
         self._shape = getattr(scheduler, "shape", None)
         self._wake_at = getattr(scheduler, "wake_at", None)
         self.cohort_idle = False            # set by a scheduler for a step in which the cohort does not decode
@@ -408,7 +412,10 @@ class Replica:
             yield from self._speculative_step(batch, start)
             return
         shape = self._shape(self, batch) if self._shape is not None else _shape_of(batch)
-        end = start + self.cost.step_time(shape)
+        if self.pipeline is not None:
+            end = self.pipeline.run(start, self.cost.step_time(shape), shape.tokens)
+        else:
+            end = start + self.cost.step_time(shape)
         yield env.timeout(end - env.now)
         dt = end - self.clock
         self.clock = end

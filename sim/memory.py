@@ -53,17 +53,18 @@ def plan_memory(cost: CostModel, gpu_memory_utilization: float = 0.9, max_num_ba
                 max_num_seqs: int = 256, block_size: int = 16, strict: bool = True, *,
                 overhead_bytes: float | None = None, activation_factor: float | None = None,
                 sampler_copies: float | None = None, extra_weight_bytes: float = 0.0,
-                extra_kv_bytes_per_token: float = 0.0) -> MemoryPlan:
+                extra_kv_bytes_per_token: float = 0.0, pipeline_stages: int = 1) -> MemoryPlan:
     """KV capacity of one replica. With `strict`, refuse a deployment whose weights do not fit.
 
     `extra_weight_bytes` / `extra_kv_bytes_per_token` (per GPU) are a speculative draft model's, held beside the
-    target's. The other keyword-only arguments replace the module's fitted constants (for fitting them)."""
+    target's. With `pipeline_stages` each GPU holds 1/pp of the layers' weights and KV (split evenly). The other
+    keyword-only arguments replace the module's fitted constants (for fitting them)."""
     overhead = NON_TORCH_OVERHEAD_BYTES if overhead_bytes is None else overhead_bytes
     act_factor = ACTIVATION_FACTOR if activation_factor is None else activation_factor
     copies = SAMPLER_VOCAB_COPIES if sampler_copies is None else sampler_copies
     m, t = cost.model, cost.tp
     usable = cost.gpu.usable_memory_bytes * gpu_memory_utilization
-    weights = cost.weight_bytes_per_gpu + extra_weight_bytes
+    weights = (cost.weight_bytes_per_gpu + extra_weight_bytes) / pipeline_stages
     ab = DTYPE_BYTES[cost.act_dtype]
     inter = (m.moe_intermediate_size * m.experts_per_token if m.is_moe else m.intermediate_size)
     activation = (act_factor * max_num_batched_tokens * (m.hidden_size + 2 * inter / t) * ab
@@ -71,11 +72,11 @@ def plan_memory(cost: CostModel, gpu_memory_utilization: float = 0.9, max_num_ba
     free = usable - weights - activation - overhead
     if strict and free <= 0:
         raise DeploymentError(
-            f"{m.name} does not fit on {cost.gpu.name} with tp={t}: weights {weights / 1e9:.1f} GB + activations "
+            f"{m.name} does not fit on {cost.gpu.name} with tp={t}, pp={pipeline_stages}: weights {weights / 1e9:.1f} GB + activations "
             f"{activation / 1e9:.1f} GB + overhead {overhead / 1e9:.1f} GB per GPU exceed "
             f"{usable / 1e9:.1f} GB usable (gpu_memory_utilization={gpu_memory_utilization}); "
-            f"raise tp, use a smaller weight_dtype, or a larger GPU")
-    kv_tok = cost.kv_bytes_per_token_per_gpu + extra_kv_bytes_per_token
+            f"raise tp (or pp), use a smaller weight_dtype, or a larger GPU")
+    kv_tok = (cost.kv_bytes_per_token_per_gpu + extra_kv_bytes_per_token) / pipeline_stages
     num_blocks = max(0, int(free // (kv_tok * block_size)))
     return MemoryPlan(usable / 1e9, weights / 1e9, activation / 1e9, overhead / 1e9,
                       max(free, 0) / 1e9, kv_tok, block_size, num_blocks, num_blocks * block_size)

@@ -193,3 +193,41 @@ def test_nvme_tier_without_nvme_is_refused(tmp_path):
     Cluster(g).to_json(path)
     with pytest.raises(ConfigError, match="nvme_offload_gb"):
         run(base(WL, cluster={"topology": str(path)}, engine={"nvme_offload_gb": 10}))
+
+
+# ----------------------------------------------------------------------------- pipeline parallelism
+
+def test_pipeline_shows_bubbles_at_small_batch_and_fills_under_load():
+    """PP = 2: with one virtual engine busy each stage idles half the time; under load both stay busy."""
+    out = {}
+    for rate in (0.5, 20.0):
+        wl = {"type": "poisson", "stages": [{"rate": rate, "duration_s": 30}], "input_len": 500, "output_len": 200}
+        r = run(base(wl, parallelism={"tp": 1, "pp": 2}))
+        complete(r)
+        out[rate] = r.summary["pipeline"]["stage_utilisation"][0]
+        assert r.summary["deployment"]["gpus"] == 2 and len(r.summary["replicas"]) == 2   # 2 virtual engines
+    assert max(out[0.5]) < 0.5, out
+    assert min(out[20.0]) > 0.8, out
+
+
+def test_pipeline_stages_hold_a_share_of_the_weights():
+    wl = {"type": "poisson", "stages": [{"rate": 1, "duration_s": 5}], "input_len": 100, "output_len": 20}
+    one = run(base(wl))
+    two = run(base(wl, parallelism={"tp": 1, "pp": 2}))
+    assert two.summary["memory"]["weights_gb"] == pytest.approx(one.summary["memory"]["weights_gb"] / 2)
+    assert two.summary["memory"]["num_blocks"] > 2 * one.summary["memory"]["num_blocks"]
+    with pytest.raises(DeploymentError, match=r"pp=1.*raise tp \(or pp\)"):
+        run({**base(wl), "model": "llama-3.1-70b"})
+
+
+def test_link_utilisation_over_time_is_recorded_with_sampling(tmp_path):
+    wl = {"type": "poisson", "stages": [{"rate": 2, "duration_s": 10}], "input_len": 3000, "output_len": 20}
+    cfg = base(wl, pools={"prefill": {"replicas": 1}, "decode": {"replicas": 1}})
+    cfg["sim"]["sample_interval_s"] = 1.0
+    r = run(cfg)
+    links = r.links
+    assert links is not None and len(links) > 0
+    assert links["utilisation"].between(0, 1 + 1e-9).all()
+    assert (links["utilisation"] > 0.5).any()                 # a lone KV transfer fills its bottleneck
+    r.write(tmp_path / "out")
+    assert (tmp_path / "out" / "links.parquet").exists()
