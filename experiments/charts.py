@@ -145,6 +145,26 @@ def timeseries_figure(ts: pd.DataFrame) -> go.Figure:
     return fig
 
 
+def link_utilisation_figure(links: pd.DataFrame, top: int = 8) -> go.Figure:
+    """Utilisation over simulated time of the busiest links (change points from `sim.sample_interval_s` runs)."""
+    fig = go.Figure()
+    if len(links):
+        t_end = float(links["time_s"].max())
+        busy = {}
+        for link, g in links.groupby("link", sort=False):
+            t = g["time_s"].to_numpy()
+            u = g["utilisation"].to_numpy()
+            busy[link] = float(np.sum(u * np.diff(np.append(t, t_end))))
+        for link in sorted(busy, key=busy.get, reverse=True)[:top]:
+            g = links[links["link"] == link]
+            fig.add_trace(go.Scatter(x=g["time_s"], y=g["utilisation"], mode="lines", name=link,
+                                     line={"shape": "hv"}))
+    fig.update_yaxes(range=[0, 1.02], tickformat=".0%", title_text="utilisation")
+    fig.update_xaxes(title_text="simulated time (s)")
+    fig.update_layout(title=f"Link utilisation (the {top} busiest links)", template="plotly_white", height=420)
+    return fig
+
+
 def timeline_figure(steps: pd.DataFrame, max_steps: int = 3000) -> go.Figure:
     """Iteration timeline (Gantt): one bar per step, prefill-carrying steps apart from pure decode.
 

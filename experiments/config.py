@@ -191,10 +191,11 @@ class RunConfig(_Model):
 
     @model_validator(mode="after")
     def _one_deployment(self) -> "RunConfig":
-        given = self.model_fields_set
-        if self.deployment is not None and "parallelism" in given:
+        # a default `parallelism` counts as not given, so a dumped config (which spells every default) loads again
+        given = "parallelism" in self.model_fields_set and self.parallelism != ParallelismConfig()
+        if self.deployment is not None and given:
             raise ValueError("give either parallelism (one replica) or deployment (replicas + parallelism), not both")
-        if self.pools is not None and (self.deployment is not None or "parallelism" in given):
+        if self.pools is not None and (self.deployment is not None or given):
             raise ValueError("give either pools (disaggregated) or deployment/parallelism (colocated), not both")
         return self
 

@@ -176,6 +176,9 @@ def run_report(result, title: str | None = None, max_timeline_steps: int = 3000)
     if getattr(result, "timeseries", None) is not None and len(result.timeseries):
         rep.heading("Replica state over time")
         rep.figure(charts.timeseries_figure(result.timeseries))
+    if getattr(result, "links", None) is not None and len(result.links):
+        rep.heading("Link utilisation over time")
+        rep.figure(charts.link_utilisation_figure(result.links))
     if getattr(result, "steps", None) is not None and len(result.steps):
         rep.heading("Iteration timeline")
         rep.figure(charts.timeline_figure(result.steps, max_steps=max_timeline_steps))

@@ -231,3 +231,28 @@ def test_link_utilisation_over_time_is_recorded_with_sampling(tmp_path):
     assert (links["utilisation"] > 0.5).any()                 # a lone KV transfer fills its bottleneck
     r.write(tmp_path / "out")
     assert (tmp_path / "out" / "links.parquet").exists()
+    from experiments import charts
+    from experiments.report import write_run_report
+
+    fig = charts.link_utilisation_figure(r.links)
+    assert 1 <= len(fig.data) <= 8
+    html = write_run_report(r, tmp_path / "report.html").read_text()
+    assert "Link utilisation over time" in html
+
+
+def test_a_cluster_config_round_trips_through_its_dump_and_a_sweep(tmp_path):
+    """The runner writes config.yaml with every default spelled out; sweeps re-validate the same dump."""
+    import yaml
+
+    from experiments.config import load_config
+    from experiments.sweep import run_sweep
+
+    cfg = base(WL, deployment={"replicas": 2})
+    r = run(cfg)
+    r.write(tmp_path / "out")
+    again = load_config(tmp_path / "out" / "config.yaml")
+    assert again.deployment.replicas == 2
+    sweep = {"base": cfg, "grid": {"deployment.replicas": [1, 2]}}
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
+    res = run_sweep(tmp_path / "sweep.yaml", tmp_path / "sweep", workers=1, report=False)
+    assert (res.table["status"] == "ok").all(), res.table.get("error")

@@ -1,0 +1,100 @@
+"""Cluster study: how to cut one 8x H100 node for Llama-3.1-70B (1 x TP8, 2 x TP4 or 4 x TP2).
+
+    python experiments/examples/tp_vs_dp_70b.py [--out out/tp_vs_dp_70b] [--docs]
+
+Runs the points of tp_vs_dp_70b.yaml (3 layouts x 13 request rates, about 30 s on 2 cores) and
+draws p99 TTFT, p99 TPOT and output throughput against the offered rate, one line per layout.
+Writes results.csv and tp_vs_dp_70b.html/.png under --out (PNG needs kaleido); --docs also writes
+the PNG to docs/studies/.
+
+The points are run with `experiments.runner.run` on the configs the sweep file expands to (a
+deployment config does not yet survive the sweep executor's dump-and-revalidate round trip).
+"""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import pandas as pd
+
+from experiments import charts
+from experiments.planner import SLO
+from experiments.runner import run
+from experiments.sweep import execute, expand, flatten, load_sweep, resolve_point
+from sim.hardware import get_gpu
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+NAME = "tp_vs_dp_70b"
+RATE = "workload.stages[0].rate"
+
+
+def simulate(cfg, slo: SLO) -> dict:
+    """One point: the flattened summary, the SLO verdict and the layout's cost per output token."""
+    res = run(cfg)
+    row = flatten({k: v for k, v in res.summary.items() if k not in ("replicas", "links")})
+    row.update({f"slo.{k}": v for k, v in slo.evaluate(res.requests, res.summary).items()})
+    dep = cfg.deployment
+    row["label"] = f"{dep.replicas} x TP{dep.parallelism.tp}"
+    gpus = dep.replicas * dep.parallelism.tp
+    usd_per_s = gpus * get_gpu(cfg.hardware.gpu).price_per_hour / 3600
+    row["usd_per_1m_output_tokens"] = usd_per_s / res.summary["throughput"]["output_tokens_per_s"] * 1e6
+    row["kv_tokens_per_replica"] = res.summary["kv"]["capacity_tokens"]
+    return row
+
+
+def run_points(sweep_file: Path, workers: int | None) -> pd.DataFrame:
+    """Every point of the sweep file, run in parallel, as one table (factor columns first)."""
+    spec, base, _ = load_sweep(sweep_file)
+    points = expand(spec)
+    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
+    rows: dict[int, dict] = {}
+    for i, res in execute(simulate, tasks, workers=workers):
+        if isinstance(res, BaseException):
+            raise res
+        rows[i] = {**points[i], **res}
+    return pd.DataFrame([rows[i] for i in range(len(points))])
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the study, print its table and write its chart."""
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(f"out/{NAME}"))
+    ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--docs", action="store_true", help=f"also write docs/studies/{NAME}.png")
+    args = ap.parse_args(argv)
+
+    df = run_points(HERE / f"{NAME}.yaml", args.workers)
+    args.out.mkdir(parents=True, exist_ok=True)
+    df.to_csv(args.out / "results.csv", index=False)
+
+    fig = charts.factor_figure(df, RATE, metrics=("ttft_s.p99", "tpot_s.p99", "throughput.output_tokens_per_s"),
+                               group="label")
+    fig.update_yaxes(type="log", col=1)
+    fig.update_yaxes(title_text="seconds (log scale)", col=1)
+    fig.update_xaxes(title_text="offered rate (req/s)", type="linear", dtick=4)
+    fig.add_hline(y=1.0, line_dash="dot", line_color="grey", col=1, annotation_text="SLO 1 s")
+    fig.add_hline(y=0.05, line_dash="dot", line_color="grey", col=2, annotation_text="SLO 50 ms")
+    fig.update_layout(title="Llama-3.1-70B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
+                      height=450, legend_title_text="layout")
+    charts.save_figure(fig, args.out / NAME)
+    if args.docs:
+        charts.save_figure(fig, ROOT / "docs" / "studies" / NAME)
+        (ROOT / "docs" / "studies" / f"{NAME}.html").unlink(missing_ok=True)
+
+    cols = ["label", RATE, "ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99", "itl_s.p99",
+            "throughput.requests_per_s", "throughput.output_tokens_per_s", "preemptions", "slo.attainment",
+            "usd_per_1m_output_tokens"]
+    print(df.sort_values(["label", RATE])[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
+    print("\nper layout: KV tokens per replica, highest rate meeting p99 TTFT <= 1 s and TPOT <= 50 ms, "
+          "peak output tokens/s")
+    for layout, sub in df.groupby("label"):
+        met = sub[sub["slo.met"].astype(bool)][RATE]
+        print(f"  {layout}: {int(sub['kv_tokens_per_replica'].iloc[0]):,} KV tokens/replica, "
+              f"max SLO rate {met.max() if len(met) else 'none'} req/s, "
+              f"peak {sub['throughput.output_tokens_per_s'].max():,.0f} tok/s "
+              f"(${sub['usd_per_1m_output_tokens'].min():.2f}/1M)")
+
+
+if __name__ == "__main__":
+    main()
