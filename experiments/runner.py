@@ -8,6 +8,7 @@ For example:
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import shutil
@@ -121,7 +122,13 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     t0 = time.perf_counter()
     if progress:
         env.process(progress.tick())
-    env.run()
+    # what was built so far (catalogues, cluster graph, replicas) lives for the whole run: keep the garbage
+    # collector's full passes from walking it again and again while the run allocates requests
+    gc.freeze()
+    try:
+        env.run()
+    finally:
+        gc.unfreeze()
     wall = time.perf_counter() - t0
     if progress:
         progress.close()

@@ -24,7 +24,7 @@ from .request import FINISHED, Request
 class DecodeCohort:
     """Lazily advanced set of decoding requests of one replica."""
 
-    __slots__ = ("tick", "size", "ctx", "_finish", "_blocks", "block_size", "emit_time", "_last")
+    __slots__ = ("tick", "size", "ctx", "_finish", "_blocks", "block_size", "emit_time", "_late")
 
     def __init__(self, block_size: int) -> None:
         self.block_size = block_size
@@ -33,17 +33,21 @@ class DecodeCohort:
         self.ctx = 0           # sum over members of (tokens in KV + 1): the decode attention context
         self._finish: list[tuple[int, int, Request]] = []
         self._blocks: list[tuple[int, int, Request]] = []
-        # when members' latest tokens came out, for inter-token gaps: {time: members}; after a step in which the
-        # cohort decoded it is {that step's end: size}; joiners since then keep their own first-token time
-        self._last: dict[float, int] = {}
+        # when members' latest tokens came out, for inter-token gaps: at `emit_time` (the end of the cohort's last
+        # step) for all but the members in `_late` ({time: members}), which joined later with their own last token
+        self._late: dict[float, int] | None = None
         self.emit_time = -1.0
 
     def add(self, req: Request) -> None:
         """Admit a request that has just sampled a token and will now decode."""
         t = self.tick
         req.lazy_tick = t
-        last = self._last
-        last[req.last_token] = last.get(req.last_token, 0) + 1
+        t_last = req.last_token
+        if t_last != self.emit_time:
+            late = self._late
+            if late is None:
+                late = self._late = {}
+            late[t_last] = late.get(t_last, 0) + 1
         heapq.heappush(self._finish, (t + req.output_len - req.generated, req.seq, req))
         heapq.heappush(self._blocks, (t + req.kv_slots - req.num_computed + 1, req.seq, req))
         self.ctx += req.num_computed + 1
@@ -65,12 +69,13 @@ class DecodeCohort:
         req.lazy_tick = -1
         self.ctx -= req.num_computed + 1
         self.size -= 1
-        last = self._last
-        n = last[req.last_token] - 1
-        if n:
-            last[req.last_token] = n
-        else:
-            del last[req.last_token]
+        late = self._late
+        if late is not None and req.last_token in late and req.last_token != self.emit_time:
+            n = late[req.last_token] - 1
+            if n:
+                late[req.last_token] = n
+            else:
+                del late[req.last_token]
 
     def clear(self, running: list[Request]) -> None:
         """Everyone leaves (the exact per-request path takes over for a step)."""
@@ -82,15 +87,16 @@ class DecodeCohort:
         self.size = self.ctx = 0
         self._finish.clear()
         self._blocks.clear()
-        self._last = {}
+        self._late = None
 
-    def emitted(self, end: float) -> dict[float, int]:
-        """Every member produced a token at `end`: returns {previous token time: members} (the gaps that end
-        now) and makes `end` everyone's latest token time."""
-        prev = self._last
-        self._last = {end: self.size} if self.size else {}
+    def emitted(self, end: float) -> tuple[float, int, dict[float, int] | None]:
+        """Every member produced a token at `end`: returns (previous emit time, members whose gap starts there,
+        {other previous token time: members}) and makes `end` everyone's latest token time."""
+        prev, late = self.emit_time, self._late
+        n = self.size - (sum(late.values()) if late else 0)
         self.emit_time = end
-        return prev
+        self._late = None
+        return prev, n, late
 
     def advance(self, steps: int) -> None:
         """Move every member forward by `steps` decode steps (O(1): only the shared tick and the context sum change)."""

@@ -193,6 +193,7 @@ class Replica:
         self.spec = p.speculator
         self.tiers = p.tiers
         self.pipeline = p.pipeline
+        self._copier = self.swap is not None or self.tiers is not None    # KV copies may be queued for a step
         if self.tiers is not None:
             kv.evict_hook = self.tiers.evicted
         self._sorted = True                 # the waiting queue is in the ordering's order
@@ -586,7 +587,8 @@ class Replica:
             if k >= 1:
                 yield from self._cohort_run(k)
                 return
-        self._order_waiting()
+        if not self._sorted:
+            self._order_waiting()
         batch = self._schedule_cohort(self) if self._schedule_cohort is not None and self._live else None
         if batch is None:
             # the exact path: materialise everyone and run one step; a cohort-planning scheduler gets
@@ -635,7 +637,7 @@ class Replica:
         else:
             seqs = cohort.size
         prev = start = self.clock
-        if self._copies_pending():
+        if self._copier and self._copies_pending():
             yield from self._flush_copies()
             start = max(start, self.env.now)
         end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
@@ -645,11 +647,19 @@ class Replica:
         self.visible_until = start if self.engine.async_scheduling else end
         if not idle:
             cohort.advance(1)
-        tokens, gaps, done, joiners = self._advance(batch, end)
-        if seqs:
-            for t, n in cohort.emitted(end).items():
-                gaps[t] = gaps.get(t, 0) + n
+        tokens, gaps, done, joiners = self._advance(batch, end) if batch else (0, None, [], None)
         self._account(dt, end, tokens + seqs, len(batch) + seqs, gaps)
+        if seqs:
+            # the cohort's gaps, as their own entries (the same values the per-iteration loop merges)
+            prev, n, late = cohort.emitted(end)
+            st = self.steps
+            if n:
+                st.itl.append(end - prev)
+                st.itl_weight.append(n)
+            if late:
+                for t, m in late.items():
+                    st.itl.append(end - t)
+                    st.itl_weight.append(m)
         if joiners:
             explicit = self.explicit
             for req in joiners:
@@ -674,7 +684,8 @@ class Replica:
         cohort = self.cohort
         seqs = cohort.size
         times = self.cost.decode_run_times(seqs, cohort.ctx, k)
-        ends = np.cumsum(np.concatenate(([self.clock], times)))[1:]
+        full = np.cumsum(np.concatenate(([self.clock], times)))      # the run's start, then each step's end
+        ends = full[1:]
         self._run_ends = ends
         try:
             yield env.timeout(ends[-1] - env.now)
@@ -694,21 +705,30 @@ class Replica:
         st.busy_s += float(times.sum())
         st.batch_sum += done * seqs
         st.tokens += done * seqs
-        e = ends[:done].tolist()
-        for t, n in cohort.emitted(e[0]).items():      # the first step's gaps start at each member's last token
-            st.itl.append(e[0] - t)
-            st.itl_weight.append(n)
-        if done > 1:
-            st.itl.extend((ends[1:done] - ends[:done - 1]).tolist())
-            st.itl_weight.extend([seqs] * (done - 1))
-            cohort.emitted(e[-1])
+        end = ends.item(done - 1)
+        prev, n, late = cohort.emitted(end)
+        if n == seqs and prev == self.clock:
+            # the usual case: everyone's last token came out at the run's start, so every gap is one step
+            st.itl.extend((full[1:done + 1] - full[:done]).tolist())
+            st.itl_weight.extend([seqs] * done)
+        else:
+            first = ends.item(0)
+            if n:                                       # the first step's gaps start at each member's last token
+                st.itl.append(first - prev)
+                st.itl_weight.append(n)
+            if late:
+                for t, m in late.items():
+                    st.itl.append(first - t)
+                    st.itl_weight.append(m)
+            if done > 1:
+                st.itl.extend((ends[1:done] - ends[:done - 1]).tolist())
+                st.itl_weight.extend([seqs] * (done - 1))
         usage = kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
-        end = float(ends[done - 1])
         if self.step_records is not None:
             self._record_run(ends[:done], seqs)
-        last_start = float(ends[done - 2]) if done >= 2 else self.clock
+        last_start = ends.item(done - 2) if done >= 2 else self.clock
         self.visible_until = last_start if self.engine.async_scheduling else end
         self.clock = end
         for req in cohort.pop_finished():
