@@ -7,6 +7,8 @@ hundred quantiles, scatter and Gantt charts capped) so a report stays small and 
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
@@ -356,3 +358,15 @@ def save_figure(fig: go.Figure, stem: "str | Path", *, png: bool = True, width: 
             warnings.warn(f"PNG not written ({type(exc).__name__}: {exc}); pip install kaleido for PNGs",
                           stacklevel=2)
     return written
+
+
+DOCS_STUDIES = Path(__file__).resolve().parents[1] / "docs" / "studies"
+
+
+def save_study_figure(fig: go.Figure, out_dir: "str | Path", name: str, docs: bool = False, **kwargs) -> None:
+    """An example study's chart: `out_dir`/`name`.html (+ .png); with `docs`, also the PNG alone in docs/studies/
+    (the page docs/STUDIES.md shows). `kwargs` go to `save_figure` (width, height)."""
+    save_figure(fig, Path(out_dir) / name, **kwargs)
+    if docs:
+        save_figure(fig, DOCS_STUDIES / name, **kwargs)
+        (DOCS_STUDIES / f"{name}.html").unlink(missing_ok=True)

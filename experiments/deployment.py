@@ -13,7 +13,7 @@ those GPUs' links to their node's host memory.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import simpy
@@ -40,7 +40,6 @@ class Pool:
     plan: ReplicaPlan
     replicas: list[Replica]
     router: object
-    placements: list = field(default_factory=list)
 
 
 class Deployment:
@@ -102,7 +101,7 @@ class Deployment:
                     self.replicas.append(rep)
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
-            self.pools.append(Pool(name, plan, replicas, router, mine))
+            self.pools.append(Pool(name, plan, replicas, router))
         self.placements = placements
         self.rejected = 0
         self.on_finish = None         # the workload's callback (closed loops, sessions), set by the runner

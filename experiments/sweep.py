@@ -296,6 +296,23 @@ class SweepResult:
     factors: list[str] = field(default_factory=list)
 
 
+def run_points(source: str | Path | dict, fn: Callable, *, columns: list[str] | None = None,
+               workers: int | None = None) -> pd.DataFrame:
+    """Every point of a sweep file through a study's own ``fn(config, slo) -> dict`` (in parallel, without run
+    folders or resumption): one row per point, the point's factor values (`columns` of them, default all)
+    first. A failing point raises (a study wants all its points)."""
+    spec, base, _ = load_sweep(source)
+    points = expand(spec)
+    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
+    rows: dict[int, dict] = {}
+    for i, res in execute(fn, tasks, workers=workers):
+        if isinstance(res, BaseException):
+            raise res
+        point = points[i] if columns is None else {c: points[i][c] for c in columns}
+        rows[i] = {**point, **res}
+    return pd.DataFrame([rows[i] for i in range(len(points))])
+
+
 def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str = "local",
               workers: int | None = None, report: bool = True, progress: bool | None = None) -> SweepResult:
     """Run (or resume) a sweep into `out_dir`; see the module docstring."""

@@ -52,7 +52,7 @@ def make_admission(spec: dict[str, Any] | None, rng: np.random.Generator) -> Adm
     name = options.pop("type", None)
     if name is None:
         raise ConfigError("admission: 'type' is required (e.g. {type: bounded_queue, max_queue: 256})")
-    plugin = instantiate("admission", name, options, rng)
+    plugin = instantiate("admission", name, options, rng, where="admission")
     return plugin if hasattr(plugin, "admit") else FunctionAdmission(plugin)
 
 

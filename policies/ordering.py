@@ -22,39 +22,22 @@ from collections.abc import Callable, Iterable
 from typing import Any, Literal, Protocol
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from sim.errors import ConfigError, did_you_mean
-from sim.registry import get, register
+from sim.errors import ConfigError
+from sim.registry import get, register, validate_options
 from sim.request import Request
 
 
 # ------------------------------------------------------------------ plugin construction (shared)
-def instantiate(kind: str, name: str, options: dict[str, Any] | None, rng: np.random.Generator) -> Any:
+def instantiate(kind: str, name: str, options: dict[str, Any] | None, rng: np.random.Generator,
+                where: str | None = None) -> Any:
     """Plugin `name` of `kind`: a class with an ``Options`` model is built as ``Cls(Options(**options), rng)``;
-    anything else (a plain function) is returned as it is and must be given no options."""
+    anything else (a plain function) is returned as it is and must be given no options. Options are checked by
+    `sim.registry.validate_options` (one-line errors naming `where`, the config key)."""
+    opts = validate_options(kind, name, options, where)
     plugin = get(kind, name)
-    options = dict(options or {})
-    model = getattr(plugin, "Options", None)
-    if model is None:
-        if options:
-            raise ConfigError(f"{kind} {name!r} takes no options; remove {', '.join(map(repr, options))}")
-        return plugin
-    try:
-        opts = model.model_validate(options)
-    except ValidationError as exc:
-        raise ConfigError(_one_line(kind, name, model, exc)) from None
-    return plugin(opts, rng)
-
-
-def _one_line(kind: str, name: str, model: type[BaseModel], exc: ValidationError) -> str:
-    err = exc.errors()[0]
-    key = ".".join(str(p) for p in err["loc"])
-    if err["type"] == "extra_forbidden":
-        known = list(model.model_fields)
-        choices = ", ".join(known) if known else "(none)"
-        return f"{kind} {name!r}: unknown option {key!r}; known options: {choices}{did_you_mean(key, known)}"
-    return f"{kind} {name!r}: option {key!r}: {err['msg']}; got {err.get('input')!r}"
+    return plugin if opts is None else plugin(opts, rng)
 
 
 # ------------------------------------------------------------------ the interface the engine uses

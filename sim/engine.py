@@ -170,6 +170,17 @@ class StepLog:
         self.accepted_tokens = 0        # and accepted by the target
         self.spec_steps = 0             # sequence-steps that speculated
 
+    def add_gaps(self, end: float, prev: float, n: int, late: dict | None) -> None:
+        """Inter-token gaps ending at `end` for a cohort's members: `n` whose last token came out at `prev`, and
+        per `late` time the members that joined with their last token then (`DecodeCohort.emitted`)."""
+        if n:
+            self.itl.append(end - prev)
+            self.itl_weight.append(n)
+        if late:
+            for t, m in late.items():
+                self.itl.append(end - t)
+                self.itl_weight.append(m)
+
 
 class Replica:
     """One model replica (a TP group) serving requests with a batching scheduler."""
@@ -651,15 +662,7 @@ class Replica:
         self._account(dt, end, tokens + seqs, len(batch) + seqs, gaps)
         if seqs:
             # the cohort's gaps, as their own entries (the same values the per-iteration loop merges)
-            prev, n, late = cohort.emitted(end)
-            st = self.steps
-            if n:
-                st.itl.append(end - prev)
-                st.itl_weight.append(n)
-            if late:
-                for t, m in late.items():
-                    st.itl.append(end - t)
-                    st.itl_weight.append(m)
+            self.steps.add_gaps(end, *cohort.emitted(end))
         if joiners:
             explicit = self.explicit
             for req in joiners:
@@ -712,14 +715,7 @@ class Replica:
             st.itl.extend((full[1:done + 1] - full[:done]).tolist())
             st.itl_weight.extend([seqs] * done)
         else:
-            first = ends.item(0)
-            if n:                                       # the first step's gaps start at each member's last token
-                st.itl.append(first - prev)
-                st.itl_weight.append(n)
-            if late:
-                for t, m in late.items():
-                    st.itl.append(first - t)
-                    st.itl_weight.append(m)
+            st.add_gaps(ends.item(0), prev, n, late)   # the first step's gaps start at each member's last token
             if done > 1:
                 st.itl.extend((ends[1:done] - ends[:done - 1]).tolist())
                 st.itl_weight.extend([seqs] * (done - 1))

@@ -115,13 +115,14 @@ def plugin_options(obj: Any) -> type | None:
     return opts if isinstance(opts, type) and hasattr(opts, "model_validate") else None
 
 
-def validate_options(kind: str, name: str, options: dict | None, where: str) -> Any:
+def validate_options(kind: str, name: str, options: dict | None, where: str | None = None) -> Any:
     """A plugin's options validated against its ``Options`` model (None when it has none); errors are one line
-    naming `where` (the config key) and the bad field."""
+    naming `where` (the config key, default ``<kind>_options``), the bad option and the fix."""
     from pydantic import ValidationError
 
     obj = get(kind, name)
     model = plugin_options(obj)
+    where = where or f"{kind}_options"
     options = dict(options or {})
     if model is None:
         if options:
@@ -131,8 +132,10 @@ def validate_options(kind: str, name: str, options: dict | None, where: str) -> 
         return model.model_validate(options)
     except ValidationError as exc:
         err = exc.errors()[0]
-        field_name = ".".join(str(p) for p in err["loc"])
+        key = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            known = ", ".join(model.model_fields)
-            raise ConfigError(f"{where}.{field_name}: not an option of {kind} {name!r}; its options are: {known}") from None
-        raise ConfigError(f"{where}.{field_name}: {err['msg']}; got {err.get('input')!r}") from None
+            known = list(model.model_fields)
+            raise ConfigError(f"{where}.{key}: unknown option {key!r} of {kind} {name!r}; known options: "
+                              f"{', '.join(known) or '(none)'}{did_you_mean(key, known)}") from None
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}.{key}: option {key!r} of {kind} {name!r}: {msg}; got {err.get('input')!r}") from None

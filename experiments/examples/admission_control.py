@@ -19,7 +19,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 RATE = "workload.stages[0].rate"
 PANELS = (("rejected_fraction", "refused at arrival"), ("slo.goodput_rps", "goodput: req/s with TTFT <= 1 s"),
           ("ttft_s.p99", "p99 TTFT of admitted requests (s)"))
@@ -55,10 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_xaxes(title_text="offered rate (req/s)", type="linear")
     fig.update_layout(title="Llama-3.1-8B on H100 (64 sequences), TTFT target 1 s: admission control under overload",
                       height=450)
-    charts.save_figure(fig, args.out / "admission_control")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "admission_control")
-        (ROOT / "docs" / "studies" / "admission_control.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "admission_control", args.docs)
     cols = ["policy", RATE, "rejected_fraction", "slo.attainment", "slo.goodput_rps", "ttft_s.p50", "ttft_s.p99",
             "throughput.requests_per_s", "throughput.output_tokens_per_s"]
     print(ok[cols].sort_values([RATE, "policy"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -16,7 +16,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 CHUNK, RATE = "engine.max_num_batched_tokens", "workload.stages[0].rate"
 
 
@@ -34,10 +33,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_yaxes(type="log")
     fig.update_layout(title="Llama-3.1-8B on H100, mixed long prompts: chunk size vs p99 latencies "
                             "(one line per req/s)", height=450)
-    charts.save_figure(fig, args.out / "chunk_size_itl")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "chunk_size_itl")
-        (ROOT / "docs" / "studies" / "chunk_size_itl.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "chunk_size_itl", args.docs)
     cols = [CHUNK, RATE, "itl_s.p99", "tpot_s.p99", "ttft_s.p50", "ttft_s.p99", "throughput.output_tokens_per_s"]
     print(ok[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"report: {res.report}")

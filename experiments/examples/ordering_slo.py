@@ -17,7 +17,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 ORDER, RATE = "ordering", "workload.stages[0].rate"
 PANELS = (("classes.interactive.attainment.ttft", "interactive: TTFT <= 1 s"),
           ("classes.batch.attainment.ttft", "batch: TTFT <= 30 s"),
@@ -45,10 +44,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_xaxes(title_text="offered rate (req/s)", type="linear")
     fig.update_layout(title="Llama-3.1-8B on H100 (32 sequences), 25% interactive / 75% batch: "
                             "queue ordering vs per-class TTFT", height=450)
-    charts.save_figure(fig, args.out / "ordering_slo", width=1300)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "ordering_slo", width=1300)
-        (ROOT / "docs" / "studies" / "ordering_slo.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "ordering_slo", args.docs, width=1300)
     cols = [ORDER, RATE, *(m for m, _ in PANELS), "classes.interactive.ttft_s.p99", "classes.batch.ttft_s.p99",
             "throughput.output_tokens_per_s"]
     print(ok[cols].sort_values([RATE, ORDER]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -17,7 +17,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 ALLOC, RATE = "kv_allocation", "workload.stages[0].rate"
 METRICS = ("batch.mean_running", "throughput.output_tokens_per_s", "e2e_s.p50", "ttft_s.p99")
 TITLES = ("mean running batch (sequences)", "output tokens/s", "p50 E2E latency (s)", "p99 TTFT (s)")
@@ -41,10 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_xaxes(title_text="offered rate (req/s)")
     fig.update_layout(title="Llama-3.1-8B on H100 with 16 GB of KV cache: paged vs contiguous (max_model_len 8,192) "
                             "allocation", height=450)
-    charts.save_figure(fig, args.out / "paged_vs_contiguous", width=1300)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "paged_vs_contiguous", width=1300)
-        (ROOT / "docs" / "studies" / "paged_vs_contiguous.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "paged_vs_contiguous", args.docs, width=1300)
     cols = [ALLOC, RATE, *METRICS, "tpot_s.p50", "kv.peak_usage", "preemptions", "memory.num_blocks"]
     print(ok[cols].sort_values([RATE, ALLOC]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))
     print(f"report: {res.report}")

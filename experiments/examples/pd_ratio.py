@@ -8,8 +8,9 @@ p99 TPOT, p99 ITL and goodput under a tight SLO (TTFT <= 2 s, TPOT <= 25 ms) aga
 rate, one line per layout. Writes results.csv and pd_ratio.html/.png under --out (PNG needs
 kaleido); --docs also writes the PNG to docs/studies/.
 
-The points are run with `experiments.runner.run` on the configs the sweep file expands to (a
-deployment or pools config does not yet survive the sweep executor's dump-and-revalidate round trip).
+Each point runs through this script's own `simulate` (extra columns: labels, SLO verdicts, costs)
+via `experiments.sweep.run_points`; `servesim sweep` on the YAML runs the same points with the
+standard columns.
 """
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from plotly.subplots import make_subplots
 from experiments import charts
 from experiments.planner import SLO
 from experiments.runner import run
-from experiments.sweep import execute, expand, flatten, load_sweep, resolve_point
+from experiments.sweep import flatten, run_points
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 NAME = "pd_ratio"
 RATE = "workload.stages[0].rate"
 TIGHT = SLO(ttft_s=2.0, tpot_s=0.025)
@@ -52,18 +52,6 @@ def simulate(cfg, slo: SLO) -> dict:
         row[f"busy.{name}"] = pool["busy_fraction"]
     return row
 
-
-def run_points(sweep_file: Path, workers: int | None) -> pd.DataFrame:
-    """Every point of the sweep file, run in parallel, as one table (factor columns first)."""
-    spec, base, _ = load_sweep(sweep_file)
-    points = expand(spec)
-    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
-    rows: dict[int, dict] = {}
-    for i, res in execute(simulate, tasks, workers=workers):
-        if isinstance(res, BaseException):
-            raise res
-        rows[i] = {RATE: points[i][RATE], **res}
-    return pd.DataFrame([rows[i] for i in range(len(points))])
 
 
 def figure(df: pd.DataFrame) -> go.Figure:
@@ -105,14 +93,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", action="store_true", help=f"also write docs/studies/{NAME}.png")
     args = ap.parse_args(argv)
 
-    df = run_points(HERE / f"{NAME}.yaml", args.workers)
+    df = run_points(HERE / f"{NAME}.yaml", simulate, columns=[RATE], workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "results.csv", index=False)
     fig = figure(df)
-    charts.save_figure(fig, args.out / NAME, height=750)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / NAME, height=750)
-        (ROOT / "docs" / "studies" / f"{NAME}.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, NAME, args.docs, height=750)
 
     for c in ("kv_transfer_s.p50", "kv_transfer_s.p99", "busy.prefill", "busy.decode", "busy.replicas"):
         if c not in df.columns:

@@ -18,7 +18,6 @@ from experiments import charts
 from experiments.planner import plan, print_plan
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -37,12 +36,8 @@ def main(argv: list[str] | None = None) -> None:
                              "USD per 1M output tokens", height=450)
     gpus = charts.gpus_vs_rate_figure(ok, np.linspace(0.5, 80, 400))
     gpus.update_layout(title="Llama-3.1-70B: GPUs needed vs total rate within the SLOs", height=450)
-    targets = [args.out] + ([ROOT / "docs" / "studies"] if args.docs else [])
-    for d in targets:
-        for name, fig in (("plan_llama70b_cost", cost), ("plan_llama70b_gpus", gpus)):
-            charts.save_figure(fig, d / name)
-            if d != args.out:
-                (d / f"{name}.html").unlink(missing_ok=True)
+    for name, fig in (("plan_llama70b_cost", cost), ("plan_llama70b_gpus", gpus)):
+        charts.save_study_figure(fig, args.out, name, args.docs)
     print("wrote " + ", ".join(str(p) for p in res.files.values()))
 
 

@@ -16,7 +16,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 CACHE, LOAD = "engine.enable_prefix_caching", "workload.arrival.rate"
 
 
@@ -33,10 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     fig = charts.factor_figure(ok, LOAD, metrics=("kv.prefix_hit_rate", "ttft_s.mean", "ttft_s.p99"), group=CACHE)
     fig.update_layout(title="Multi-turn chat, Llama-3.1-8B on H100: prefix caching off/on vs new conversations/s",
                       height=450)
-    charts.save_figure(fig, args.out / "prefix_caching_multiturn")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "prefix_caching_multiturn")
-        (ROOT / "docs" / "studies" / "prefix_caching_multiturn.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "prefix_caching_multiturn", args.docs)
     cols = [CACHE, LOAD, "kv.prefix_hit_rate", "ttft_s.mean", "ttft_s.p99", "tpot_s.p99", "e2e_s.mean",
             "throughput.input_tokens_per_s"]
     print(ok[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -20,7 +20,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 W, KV, RATE = "model.weight_dtype", "model.kv_dtype", "workload.stages[0].rate"
 THR = "throughput.output_tokens_per_s"
 WEIGHTS = ("bf16", "fp8", "int4")
@@ -61,10 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_yaxes(type="log", row=1, col=3)
     fig.update_layout(title="Llama-3.1-70B on 2 x H100 (TP 2): weight and KV-cache precision (dotted: fp8 KV)",
                       template="plotly_white", height=480)
-    charts.save_figure(fig, args.out / "quantization", width=1300)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "quantization", width=1300)
-        (ROOT / "docs" / "studies" / "quantization.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "quantization", args.docs, width=1300)
     cols = [W, KV, RATE, "memory.weights_gb", "memory.num_blocks", "batch.mean_running", THR, "tpot_s.mean",
             "tpot_s.p99", "ttft_s.p50", "preemptions"]
     print(ok[cols].sort_values([RATE, W, KV]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -8,8 +8,9 @@ p50 and p99 TTFT and the load balance (busiest replica's completed requests over
 against the offered rate, one line per router. Writes results.csv and router_prefix.html/.png
 under --out (PNG needs kaleido); --docs also writes the PNG to docs/studies/.
 
-The points are run with `experiments.runner.run` on the configs the sweep file expands to (a
-deployment config does not yet survive the sweep executor's dump-and-revalidate round trip).
+Each point runs through this script's own `simulate` (extra columns: labels, SLO verdicts, costs)
+via `experiments.sweep.run_points`; `servesim sweep` on the YAML runs the same points with the
+standard columns.
 """
 from __future__ import annotations
 
@@ -23,10 +24,9 @@ from plotly.subplots import make_subplots
 from experiments import charts
 from experiments.planner import SLO
 from experiments.runner import run
-from experiments.sweep import execute, expand, flatten, load_sweep, resolve_point
+from experiments.sweep import flatten, run_points
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 NAME = "router_prefix"
 RATE = "workload.stages[0].rate"
 
@@ -52,18 +52,6 @@ def simulate(cfg, slo: SLO) -> dict:
     row["hit_rate_per_replica"] = "/".join(f"{r['prefix_hit_rate']:.2f}" for r in s["replicas"])
     return row
 
-
-def run_points(sweep_file: Path, workers: int | None) -> pd.DataFrame:
-    """Every point of the sweep file, run in parallel, as one table (factor columns first)."""
-    spec, base, _ = load_sweep(sweep_file)
-    points = expand(spec)
-    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
-    rows: dict[int, dict] = {}
-    for i, res in execute(simulate, tasks, workers=workers):
-        if isinstance(res, BaseException):
-            raise res
-        rows[i] = {RATE: points[i][RATE], **res}
-    return pd.DataFrame([rows[i] for i in range(len(points))])
 
 
 def figure(df: pd.DataFrame) -> go.Figure:
@@ -100,14 +88,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", action="store_true", help=f"also write docs/studies/{NAME}.png")
     args = ap.parse_args(argv)
 
-    df = run_points(HERE / f"{NAME}.yaml", args.workers)
+    df = run_points(HERE / f"{NAME}.yaml", simulate, columns=[RATE], workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "results.csv", index=False)
     fig = figure(df)
-    charts.save_figure(fig, args.out / NAME, height=750)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / NAME, height=750)
-        (ROOT / "docs" / "studies" / f"{NAME}.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, NAME, args.docs, height=750)
 
     cols = ["router_label", RATE, "kv.prefix_hit_rate", "ttft_s.p50", "ttft_s.p99", "tpot_s.p99",
             "throughput.requests_per_s", "slo.attainment", "completed_per_replica", "balance.max_over_mean"]

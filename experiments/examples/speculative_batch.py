@@ -22,7 +22,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 SPEC, RATE = "speculative", "workload.stages[0].rate"
 THR = "throughput.output_tokens_per_s"
 
@@ -66,10 +65,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_yaxes(type="log", row=1, col=1)
     fig.update_layout(title="Llama-3.1-70B TP4 on H100, Llama-3.2-1B draft, K = 4: speculative decoding vs load",
                       template="plotly_white", height=450)
-    charts.save_figure(fig, args.out / "speculative_batch")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "speculative_batch")
-        (ROOT / "docs" / "studies" / "speculative_batch.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "speculative_batch", args.docs)
     cols = ["draft", RATE, "batch.mean_running", "tpot_s.mean", "tpot_speedup", THR, "throughput_ratio",
             "e2e_s.p50", "memory.num_blocks"]
     print(ok[cols].sort_values([RATE, "draft"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

@@ -17,7 +17,6 @@ from experiments import charts
 from experiments.sweep import run_sweep
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 SCHED, RATE = "scheduler", "workload.stages[0].rate"
 THR = "throughput.output_tokens_per_s"
 
@@ -44,10 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.data = tuple(sorted(fig.data, key=lambda tr: tr.name.endswith("=orca")))
     fig.update_layout(title="Llama-3.1-8B on H100, variable output lengths: batching scheduler vs offered rate "
                             "(at most 64 sequences each)", height=450)
-    charts.save_figure(fig, args.out / "static_vs_continuous")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "static_vs_continuous")
-        (ROOT / "docs" / "studies" / "static_vs_continuous.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "static_vs_continuous", args.docs)
     cols = [SCHED, RATE, THR, "throughput.requests_per_s", "ttft_s.p50", "e2e_s.p50", "e2e_s.p99",
             "batch.mean_running"]
     print(ok[cols].sort_values([RATE, SCHED]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

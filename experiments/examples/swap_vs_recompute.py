@@ -27,7 +27,6 @@ from experiments.sweep import run_sweep
 from topologies import Cluster, default_cluster
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 MODE, RATE = "engine.preemption_mode", "workload.stages[0].rate"
 DIV = re.compile(r"_div(\d+)\.json$")
 
@@ -101,10 +100,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.update_xaxes(type="log", title_text="GPU-host PCIe bandwidth (GB/s)")
     fig.update_layout(title="Llama-3.1-8B on H100, scarce KV, long generations: swap vs recompute preemption "
                             "(vLLM V0 scheduler)", template="plotly_white", height=450)
-    charts.save_figure(fig, args.out / "swap_vs_recompute")
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / "swap_vs_recompute")
-        (ROOT / "docs" / "studies" / "swap_vs_recompute.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, "swap_vs_recompute", args.docs)
     cols = [MODE, RATE, "pcie_gbps", "e2e_s.mean", "e2e_s.p99", "ttft_s.p50", "tpot_s.p50", "preemptions",
             "recomputed_tokens", wait, "throughput.output_tokens_per_s"]
     print(ok[cols].sort_values([RATE, MODE, "pcie_gbps"]).to_string(index=False, float_format=lambda v: f"{v:.4g}"))

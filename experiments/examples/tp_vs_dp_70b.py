@@ -7,24 +7,22 @@ draws p99 TTFT, p99 TPOT and output throughput against the offered rate, one lin
 Writes results.csv and tp_vs_dp_70b.html/.png under --out (PNG needs kaleido); --docs also writes
 the PNG to docs/studies/.
 
-The points are run with `experiments.runner.run` on the configs the sweep file expands to (a
-deployment config does not yet survive the sweep executor's dump-and-revalidate round trip).
+Each point runs through this script's own `simulate` (extra columns: labels, SLO verdicts, costs)
+via `experiments.sweep.run_points`; `servesim sweep` on the YAML runs the same points with the
+standard columns.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-import pandas as pd
-
 from experiments import charts
 from experiments.planner import SLO
 from experiments.runner import run
-from experiments.sweep import execute, expand, flatten, load_sweep, resolve_point
+from experiments.sweep import flatten, run_points
 from sim.hardware import get_gpu
 
 HERE = Path(__file__).resolve().parent
-ROOT = HERE.parents[1]
 NAME = "tp_vs_dp_70b"
 RATE = "workload.stages[0].rate"
 
@@ -43,18 +41,6 @@ def simulate(cfg, slo: SLO) -> dict:
     return row
 
 
-def run_points(sweep_file: Path, workers: int | None) -> pd.DataFrame:
-    """Every point of the sweep file, run in parallel, as one table (factor columns first)."""
-    spec, base, _ = load_sweep(sweep_file)
-    points = expand(spec)
-    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
-    rows: dict[int, dict] = {}
-    for i, res in execute(simulate, tasks, workers=workers):
-        if isinstance(res, BaseException):
-            raise res
-        rows[i] = {**points[i], **res}
-    return pd.DataFrame([rows[i] for i in range(len(points))])
-
 
 def main(argv: list[str] | None = None) -> None:
     """Run the study, print its table and write its chart."""
@@ -64,7 +50,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--docs", action="store_true", help=f"also write docs/studies/{NAME}.png")
     args = ap.parse_args(argv)
 
-    df = run_points(HERE / f"{NAME}.yaml", args.workers)
+    df = run_points(HERE / f"{NAME}.yaml", simulate, workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "results.csv", index=False)
 
@@ -77,10 +63,7 @@ def main(argv: list[str] | None = None) -> None:
     fig.add_hline(y=0.05, line_dash="dot", line_color="grey", col=2, annotation_text="SLO 50 ms")
     fig.update_layout(title="Llama-3.1-70B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
                       height=450, legend_title_text="layout")
-    charts.save_figure(fig, args.out / NAME)
-    if args.docs:
-        charts.save_figure(fig, ROOT / "docs" / "studies" / NAME)
-        (ROOT / "docs" / "studies" / f"{NAME}.html").unlink(missing_ok=True)
+    charts.save_study_figure(fig, args.out, NAME, args.docs)
 
     cols = ["label", RATE, "ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99", "itl_s.p99",
             "throughput.requests_per_s", "throughput.output_tokens_per_s", "preemptions", "slo.attainment",
