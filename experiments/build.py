@@ -6,6 +6,7 @@ a config that cannot be served, before any simulation starts.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +14,8 @@ import numpy as np
 import policies.batching  # noqa: F401  (registers the built-in schedulers)
 import policies.memory  # noqa: F401  (registers kv_allocation and preemption modes)
 import policies.request_batching  # noqa: F401
+from policies.kv_eviction import make_kv_eviction, retained_tokens
+from policies.multimodal import inline_memory_bytes_per_gpu, make_encoder_stage
 from policies.admission import make_admission
 from policies.ordering import make_ordering
 from policies.speculative import make_speculator
@@ -46,14 +49,70 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
     profile; `allreduce` = (bus bandwidth B/s, latency s) of the placement's real path, when known."""
     model = get_model(cfg.model.name)
     gpu = get_gpu(gpu_name or cfg.hardware.gpu)
-    tp = tp or cfg.parallelism.tp
+    par = cfg.sequence_parallel if cfg.pools is None else cfg.parallelism
+    sp = par.sp
+    tp = (tp // sp if tp else par.tp)        # a deployment passes the GPUs per stage: tp x sp
     if tp > gpu.gpus_per_node:
         raise DeploymentError(f"parallelism.tp={tp} exceeds the {gpu.gpus_per_node} GPUs of one "
                               f"{gpu.name} node; tensor parallelism runs within a node, use tp <= {gpu.gpus_per_node}")
     if cfg.hardware.price_per_hour is not None:
         gpu = gpu_with_overrides(gpu, price_per_hour=cfg.hardware.price_per_hour)
-    return CostModel(model, gpu, tp=tp, weight_dtype=cfg.model.weight_dtype,
-                     kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile, allreduce=allreduce)
+    eviction = make_kv_eviction(cfg.kv_eviction)
+    cost = CostModel(model, gpu, tp=tp, weight_dtype=cfg.model.weight_dtype,
+                     kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile,
+                     allreduce=allreduce if sp == 1 else None, flash_decoding=cfg.engine.flash_decoding,
+                     sparsity=cfg.model.sparsity, int4_kernel=cfg.model.int4_kernel,
+                     kv_eviction=eviction.cost_terms() if eviction is not None else None)
+    if cfg.offload is not None or cfg.powerinfer is not None:
+        cost = offloaded_cost(cfg, cost)
+    if sp > 1:
+        cost = sequence_parallel_cost(cost, par, allreduce)
+    return cost
+
+
+_HARDWARE_KEYS = ("host_memory_gb", "disk", "disk_gb", "disk_read_gbps", "disk_write_gbps", "host_memory",
+                  "host_mem_gbps", "host_flops", "pcie_gbps")
+
+
+def offloaded_cost(cfg: RunConfig, cost: CostModel):
+    """`cost` with the config's FlexGen placement (`offload`) or PowerInfer split (`powerinfer`)."""
+    from sim.weight_offload import HotColdCostModel, OffloadedCostModel, OffloadHardware, Placement
+
+    if cfg.offload is not None and cfg.powerinfer is not None:
+        raise ConfigError("give either offload (FlexGen placement) or powerinfer (hot/cold split), not both")
+    key = "offload" if cfg.offload is not None else "powerinfer"
+    spec = dict(cfg.offload if cfg.offload is not None else cfg.powerinfer)
+    hw_args = {k: spec.pop(k) for k in _HARDWARE_KEYS if k in spec}
+    own = ({f.name for f in dataclasses.fields(Placement)} if key == "offload"
+           else {"hot_fraction", "activation_sparsity"})
+    unknown = sorted(set(spec) - own)
+    if unknown:
+        raise ConfigError(f"{key}.{unknown[0]}: unknown key; known: {', '.join(sorted(own | set(_HARDWARE_KEYS)))}")
+    try:
+        hw = OffloadHardware.for_gpu(cost.gpu, **hw_args)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
+    if key == "offload":
+        try:
+            placement = Placement(**spec)
+        except TypeError as exc:
+            raise ConfigError(f"offload: {exc}") from None
+        return OffloadedCostModel(cost, placement, hw)
+    if "hot_fraction" not in spec:
+        raise ConfigError("powerinfer.hot_fraction is required (share of each FFN's neurons kept on the GPU)")
+    return HotColdCostModel(cost, spec["hot_fraction"], spec.get("activation_sparsity", 0.0), hw)
+
+
+def sequence_parallel_cost(cost: CostModel, par, path: tuple[float, float] | None):
+    """Wrap `cost` for `par.sp` sequence-parallel ranks; the ring / all-to-all runs at `path` = (bandwidth B/s,
+    latency s) of the group's slowest link when the placement knows it, else on the GPU's scale-up link."""
+    from sim.hardware import get_link
+    from sim.sequence_parallel import wrap
+
+    if path is None:
+        spec = get_link(cost.gpu.scaleup or cost.gpu.host_link)
+        path = (spec.bw_gbps_per_direction * 1e9 * spec.achievable_fraction, spec.latency_us * 1e-6)
+    return wrap(cost, par.sp, par.sp_type, path[0], path[1])
 
 
 def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
@@ -64,7 +123,9 @@ def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> Engine
     return EngineConfig(max_num_seqs=e.max_num_seqs, max_num_batched_tokens=e.max_num_batched_tokens,
                         block_size=e.block_size,
                         enable_chunked_prefill=e.enable_chunked_prefill,
-                        enable_prefix_caching=e.enable_prefix_caching and cfg.kv_allocation == "paged",
+                        # under token eviction an evicted prompt no longer matches its block hashes
+                        enable_prefix_caching=(e.enable_prefix_caching and cfg.kv_allocation == "paged"
+                                               and not cfg.kv_eviction),
                         max_model_len=max_model_len, preemption_mode=e.preemption_mode,
                         async_scheduling=async_scheduling)
 
@@ -79,12 +140,22 @@ def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | Non
     max_model_len = cfg.engine.max_model_len or cost.model.max_position_embeddings
     e = cfg.engine
     extra_w = getattr(speculator, "extra_weight_bytes_per_gpu", 0.0) if speculator else 0.0
+    if cfg.multimodal is not None:
+        # an inline encoder's weights and its cache of encoded images live on the LLM's GPUs
+        extra_w += inline_memory_bytes_per_gpu(make_encoder_stage(cfg.multimodal, cost))
     extra_kv = getattr(speculator, "extra_kv_bytes_per_token_per_gpu", 0.0) if speculator else 0.0
     mem = plan_memory(cost, e.gpu_memory_utilization, e.max_num_batched_tokens, e.max_num_seqs, e.block_size,
                       extra_weight_bytes=extra_w, extra_kv_bytes_per_token=extra_kv, pipeline_stages=pp)
-    if mem.max_kv_tokens // pp < max_model_len:
+    if hasattr(cost, "kv_capacity_tokens"):
+        # an offloaded KV cache is bounded by every tier it spans (GPU, host DRAM, disk)
+        blocks = min(mem.num_blocks, cost.kv_capacity_tokens(mem.kv_gb * 1e9) // e.block_size)
+        mem = dataclasses.replace(mem, num_blocks=blocks, max_kv_tokens=blocks * e.block_size)
+    eviction = make_kv_eviction(cfg.kv_eviction)
+    longest = retained_tokens(eviction, max_model_len)      # the most KV one sequence can hold
+    if mem.max_kv_tokens // pp < longest:
         raise DeploymentError(
-            f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than max_model_len={max_model_len:,}; "
+            f"the KV cache holds {mem.max_kv_tokens:,} tokens per replica, less than one sequence of max_model_len="
+            f"{max_model_len:,} needs ({longest:,}); "
             f"lower engine.max_model_len, raise engine.gpu_memory_utilization or parallelism.tp")
     ecfg = engine_config(cfg, max_model_len, cost)
     sched = registry.get("scheduler", cfg.scheduler)
@@ -122,10 +193,12 @@ def build_policies(cfg: RunConfig, plan: ReplicaPlan, rng: np.random.Generator, 
         if not plan.engine.enable_prefix_caching:
             raise ConfigError("engine.cpu_offload_gb / nvme_offload_gb offload prefix blocks: enable "
                               "engine.enable_prefix_caching (and use kv_allocation: paged)")
-        replica_block = plan.memory.kv_bytes_per_token * e.block_size * plan.cost.tp
+        # a replica's block spans its TP (and sequence-parallel) ranks
+        replica_block = plan.memory.kv_bytes_per_token * e.block_size * getattr(plan.cost, "gpus_per_replica", plan.cost.tp)
         tiers = KVTiers(int(e.cpu_offload_gb * 2**30 // replica_block), int(e.nvme_offload_gb * 2**30 // replica_block),
                         plan.memory.kv_bytes_per_token * e.block_size, e.block_size, move)
-    return ReplicaPolicies(ordering=make_ordering(cfg.ordering, cfg.ordering_options, rng),
+    return ReplicaPolicies(eviction=make_kv_eviction(cfg.kv_eviction),
+                           ordering=make_ordering(cfg.ordering, cfg.ordering_options, rng),
                            victim=make_victim(cfg.preemption_victim),
                            admission=make_admission(cfg.admission, rng) if cfg.admission else None,
                            reserve_tokens=reserve, swap=swap, speculator=plan.speculator, tiers=tiers)

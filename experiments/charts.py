@@ -192,6 +192,74 @@ def timeline_figure(steps: pd.DataFrame, max_steps: int = 3000) -> go.Figure:
     return fig
 
 
+def latency_windows(requests: pd.DataFrame, window_s: float, metric: str = "ttft_s") -> pd.DataFrame:
+    """p50 and p99 of a latency (ttft_s, e2e_s) over windows of arrival time: window start, p50, p99, count."""
+    arrival = requests["arrival_s"].to_numpy(float)
+    if metric in requests.columns:
+        lat = requests[metric].to_numpy(float)
+    else:
+        end = "first_token_s" if metric == "ttft_s" else "finish_s"
+        lat = requests[end].to_numpy(float) - arrival
+    df = pd.DataFrame({"w": np.floor(arrival / window_s) * window_s, "lat": lat})
+    g = df.groupby("w", sort=True)["lat"]
+    out = pd.DataFrame({"p50": g.quantile(0.5), "p99": g.quantile(0.99), "count": g.size()})
+    return out.rename_axis("time_s").reset_index()
+
+
+def autoscaling_figure(runs: dict[str, tuple[pd.DataFrame, pd.DataFrame | None]], window_s: float | None = None,
+                       metric: str = "ttft_s") -> go.Figure:
+    """Replicas, latency and cost over simulated time, one colour per run (label -> (requests, scaling)).
+
+    Top: active replicas (solid) and the controller's target (dotted), from the run's scaling timeline
+    (`RunResult.scaling`), with the first run's offered rate (arrivals per second per window, right axis).
+    Middle: p99 (solid) and p50 (dotted) of `metric` per window of arrival time (default window: 1/60 of the
+    span). Bottom: cumulative cost in USD (GPU-hours when the GPU has no price).
+    A run without a scaling timeline (None) shows its latency only.
+    """
+    label = _TITLES.get(metric, metric)
+    fig = make_subplots(rows=3, cols=1, shared_xaxes=True, vertical_spacing=0.07,
+                        specs=[[{"secondary_y": True}], [{}], [{}]],
+                        subplot_titles=["replicas (solid: active, dotted: target; grey: offered rate)",
+                                        f"{label} per window of arrival (solid: p99, dotted: p50; log)",
+                                        "cumulative cost"])
+    if window_s is None:
+        span = max((float(req["arrival_s"].max()) for req, _ in runs.values() if len(req)), default=60.0)
+        window_s = max(span / 60.0, 1.0)
+    cost_unit = "USD"
+    for i, (name, (req, scaling)) in enumerate(runs.items()):
+        color = _COLORS[i % len(_COLORS)]
+        if scaling is not None and len(scaling):
+            fig.add_trace(go.Scatter(x=scaling["time_s"], y=scaling["active"], mode="lines", name=name,
+                                     legendgroup=name, line={"color": color, "shape": "hv"}), row=1, col=1)
+            fig.add_trace(go.Scatter(x=scaling["time_s"], y=scaling["target"], mode="lines", name=name,
+                                     legendgroup=name, showlegend=False,
+                                     line={"color": color, "shape": "hv", "dash": "dot", "width": 1}), row=1, col=1)
+            cost = scaling["cost_usd"]
+            if cost.isna().all():
+                cost, cost_unit = scaling["gpu_hours"], "GPU-hours"
+            fig.add_trace(go.Scatter(x=scaling["time_s"], y=cost, mode="lines", name=name, legendgroup=name,
+                                     showlegend=False, line={"color": color}), row=3, col=1)
+        if len(req):
+            w = latency_windows(req, window_s, metric)
+            x = w["time_s"] + window_s / 2
+            if i == 0:
+                fig.add_trace(go.Scatter(x=x, y=w["count"] / window_s, mode="lines", name="offered rate",
+                                         line={"color": "grey", "dash": "dash", "width": 1}),
+                              row=1, col=1, secondary_y=True)
+            fig.add_trace(go.Scatter(x=x, y=w["p99"], mode="lines", name=name, legendgroup=name,
+                                     showlegend=scaling is None, line={"color": color}), row=2, col=1)
+            fig.add_trace(go.Scatter(x=x, y=w["p50"], mode="lines", name=name, legendgroup=name, showlegend=False,
+                                     line={"color": color, "dash": "dot", "width": 1}), row=2, col=1)
+    fig.update_yaxes(title_text="replicas", rangemode="tozero", row=1, col=1, secondary_y=False)
+    fig.update_yaxes(title_text="req/s", rangemode="tozero", showgrid=False, row=1, col=1, secondary_y=True)
+    fig.update_yaxes(title_text="seconds", type="log", row=2, col=1)
+    fig.update_yaxes(title_text=cost_unit, rangemode="tozero", row=3, col=1)
+    fig.update_xaxes(title_text="simulated time (s)", row=3, col=1)
+    fig.update_layout(title="Autoscaling: replicas, latency and cost over time", template="plotly_white",
+                      height=800)
+    return fig
+
+
 # ----------------------------------------------------------------------------- sweeps
 
 def latency_throughput_figure(df: pd.DataFrame, x: str = "throughput.output_tokens_per_s",

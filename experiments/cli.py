@@ -46,6 +46,10 @@ def estimate(
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="bf16, fp16, fp8, int8."),
     engine: str = typer.Option("vllm", "--engine", help="Engine profile: vllm, trtllm, gpt-fast, ideal."),
     naive_attention: bool = typer.Option(False, "--naive-attention", help="Price attention that materialises the score matrix."),
+    offload: Optional[str] = typer.Option(None, "--offload", help="FlexGen-style placement of weights / KV across GPU, "
+                                                                   "host and disk, e.g. gpu=0.2,cpu=0.8 (the rest on disk)."),
+    power_w: Optional[float] = typer.Option(None, "--power-w", help="Device power for the energy figures (default: "
+                                                                     "the catalogue TDP)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Price one prefill or decode iteration, op by op."""
@@ -53,7 +57,7 @@ def estimate(
 
     est = run_estimate(model, gpu, tp=tp, batch=batch, prompt_len=prompt_len, context=context, phase=phase,
                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
-                       flash_attention=not naive_attention)
+                       flash_attention=not naive_attention, offload=offload, power_w=power_w)
     if as_json:
         _print_json(est.as_dict())
         return

@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Union
 
 import yaml
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt, ValidationError,
-                      model_validator)
+from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt,
+                      ValidationError, model_validator)
 
 from sim.errors import ConfigError
+from policies.multimodal import MultimodalConfig
 from workloads.config import WorkloadConfig
 
 
@@ -30,8 +31,15 @@ class ModelConfig(_Model):
     name: str = Field(description="Catalogue name (`servesim catalog models`), Hugging Face id, or path to a config.json.")
     weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
         None, description="Weight precision; default: the model's (or its alias's) checkpoint dtype.")
-    kv_dtype: Literal["bf16", "fp16", "fp8", "int8"] | None = Field(
-        None, description="KV-cache precision; default: the activation dtype (bf16/fp16).")
+    kv_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+        None, description="KV-cache precision; default: the activation dtype (bf16/fp16). int4 carries group scales "
+                          "and pays a dequantisation cost in decode attention.")
+    sparsity: Literal["2:4"] | None = Field(
+        None, description="2:4 structured weight sparsity: twice the tensor-core rate for GEMMs and ~0.56x the weight "
+                          "bytes, on GPUs with sparse tensor cores (Ampere and later); refused elsewhere.")
+    int4_kernel: Literal["tinygemm", "marlin"] | None = Field(
+        None, description="Weight-only int4 GEMM: tinygemm (gpt-fast; cost grows with the rows of a step) or marlin "
+                          "(vLLM); default: by engine profile.")
 
 
 class HardwareConfig(_Model):
@@ -47,6 +55,12 @@ class ParallelismConfig(_Model):
     tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
     pp: PositiveInt = Field(1, description="Pipeline-parallel stages (each a TP group; layers split evenly). vLLM "
                                            "keeps pp batches in flight, one per virtual engine.")
+    sp: PositiveInt = Field(1, description="Sequence (context) parallel degree for long prompts: each of sp TP groups "
+                                           "holds 1/sp of every sequence's KV and computes 1/sp of its tokens; the "
+                                           "replica spans tp x sp GPUs (which may span nodes).")
+    sp_type: Literal["ring", "ulysses"] = Field(
+        "ring", description="ring: KV blocks passed around a ring, overlapped with attention (ring attention); "
+                            "ulysses: all-to-all of q/k/v and outputs around attention, heads split across ranks.")
 
 
 class DeploymentConfig(_Model):
@@ -88,6 +102,9 @@ class EngineSection(_Model):
     """Engine knobs, named and defaulted as vLLM V1 names and defaults them."""
 
     profile: str = Field("vllm", description="Engine profile for per-step host overhead: vllm, trtllm, gpt-fast, ideal.")
+    flash_decoding: bool = Field(True, description="Split-KV (Flash-Decoding) decode attention, which fills the SMs at "
+                                                   "small batch and long context; false: one thread block per "
+                                                   "(sequence, KV head).")
     max_num_seqs: PositiveInt = Field(256, description="Most sequences running at once (vLLM --max-num-seqs).")
     max_num_batched_tokens: PositiveInt = Field(
         8192, description="Token budget of one step (vLLM --max-num-batched-tokens); the prefill chunk size.")
@@ -135,6 +152,90 @@ class SimSection(_Model):
                           "run (implies record_steps).")
 
 
+class CascadeTier(_Model):
+    """One model of a cascade: its own pool of replicas, cost model and memory plan."""
+
+    name: str = Field(description="Tier name (summary key, request log `model` column).")
+    model: str | None = Field(None, description="The tier's model (catalogue name, HF id or config.json); default: "
+                                                "the top-level model.")
+    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+        None, description="The tier's weight precision; default: its checkpoint dtype.")
+    replicas: PositiveInt = Field(1, description="Replicas of the tier's model.")
+    parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each replica's TP / PP.")
+    gpu: str | None = Field(None, description="GPU of the tier (default: hardware.gpu).")
+    router: str | None = Field(None, description="Router within the tier (default: the top-level router).")
+    max_difficulty: float | None = Field(
+        None, gt=0, le=1, description="Requests with difficulty <= this (and above the previous tier's) go here; "
+                                      "None (the last tier): everything harder.")
+    escalate_fraction: float = Field(
+        0.0, ge=0, lt=1, description="Fraction of this tier's answers judged inadequate and re-sent to the next "
+                                     "tier after they finish (both runs are paid; latency counts from arrival).")
+
+
+class CascadeConfig(_Model):
+    """Multi-model routing: each request goes to the first tier whose max_difficulty covers its difficulty score."""
+
+    tiers: list[CascadeTier] = Field(min_length=1, description="The tiers, easiest first.")
+    default_difficulty: float | None = Field(
+        None, ge=0, le=1, description="Difficulty of requests that carry none; None: drawn uniformly in [0, 1) "
+                                      "from the run's seed, so tier k gets the width of its difficulty band.")
+
+    @model_validator(mode="after")
+    def _tiers(self) -> "CascadeConfig":
+        names = [t.name for t in self.tiers]
+        if len(set(names)) != len(names):
+            raise ValueError(f"cascade.tiers: names must be unique (got {names})")
+        bounds = [t.max_difficulty for t in self.tiers[:-1]]
+        if any(b is None for b in bounds):
+            raise ValueError("cascade.tiers: every tier but the last needs max_difficulty")
+        if any(b >= a for a, b in zip(bounds[1:], bounds)) or (bounds and self.tiers[-1].max_difficulty is not None
+                                                                and self.tiers[-1].max_difficulty <= bounds[-1]):
+            raise ValueError("cascade.tiers: max_difficulty must increase from tier to tier")
+        if self.tiers[-1].escalate_fraction:
+            raise ValueError("cascade.tiers: the last tier has no next tier to escalate to; set its "
+                             "escalate_fraction to 0")
+        return self
+
+
+class AutoscalingConfig(_Model):
+    """Replicas added and removed while the run goes on (colocated deployments)."""
+
+    policy: str = Field("queue_length", description="Scaling policy (kind 'autoscaler'): queue_length, "
+                                                    "slo_attainment, kv_usage.")
+    policy_options: dict[str, Any] = Field(
+        default_factory=dict, description="Options of the policy, e.g. {target: 16} for queue_length (outstanding "
+                                          "requests per replica).")
+    min_replicas: PositiveInt = Field(1, description="Fewest replicas kept active (and billed).")
+    max_replicas: PositiveInt = Field(description="Most replicas; GPUs for all of them are placed at build time.")
+    interval_s: PositiveFloat = Field(15.0, description="Seconds between policy evaluations (Kubernetes HPA's "
+                                                        "default sync period is 15 s).")
+    provisioning_delay_s: float = Field(
+        ge=0, description="Seconds from a scale-up decision until the replica serves (node, container, weight "
+                          "load); billed from the decision.")
+    scale_down_cooldown_s: float = Field(
+        300.0, ge=0, description="Scale-down stabilisation window: replicas are removed only down to the highest "
+                                 "recommendation of this many past seconds (HPA's default: 300 s).")
+
+    @model_validator(mode="after")
+    def _bounds(self) -> "AutoscalingConfig":
+        if self.min_replicas > self.max_replicas:
+            raise ValueError(f"autoscaling: min_replicas={self.min_replicas} exceeds max_replicas={self.max_replicas}")
+        from sim.registry import validate_options
+
+        import policies.autoscaling  # noqa: F401  (registers the built-in policies)
+        validate_options("autoscaler", self.policy, self.policy_options, "autoscaling.policy_options")
+        return self
+
+
+def _check_result_cache(v: dict[str, Any] | None) -> dict[str, Any] | None:
+    """`result_cache: {type: exact, ...}`: the type and its options, checked at the boundary (one-line errors)."""
+    if v is not None:
+        from policies.result_cache import check_result_cache
+
+        check_result_cache(v)
+    return v
+
+
 def _model_shorthand(v: Any) -> Any:
     """`model: llama-3.1-8b` is short for `model: {name: llama-3.1-8b}`."""
     return {"name": v} if isinstance(v, str) else v
@@ -167,6 +268,22 @@ class RunConfig(_Model):
         "paged", description="paged: KV blocks allocated as sequences grow (PagedAttention); contiguous: each request "
                              "reserves max_model_len tokens at admission (the pre-PagedAttention baseline; no prefix "
                              "sharing).")
+    offload: dict[str, Any] | None = Field(
+        None, description="FlexGen-style placement for one GPU (tp 1): {weights_gpu: 0.2, weights_cpu: 0.8, kv_gpu: 1, "
+                          "kv_cpu: 0, cpu_attention: false, overlap: true, gpu_batch: null} (the rest of each on disk), "
+                          "plus the tiers beside the GPU: host_memory_gb, disk (a link name), disk_gb, disk_read_gbps, "
+                          "pcie_gbps, host_flops. Weights stream over PCIe layer by layer, overlapped with compute.")
+    powerinfer: dict[str, Any] | None = Field(
+        None, description="PowerInfer hot/cold FFN split for one GPU: {hot_fraction: 0.3, activation_sparsity: 0.9, "
+                          "host_memory_gb: ...}: hot neurons on the GPU, cold ones computed by the CPU from host DRAM.")
+    multimodal: MultimodalConfig | None = Field(
+        None, description="Multimodal requests (images in the workload): {encoder: clip-vit-l-336, mode: inline|async, "
+                          "cache_images: 1000, encoder_gpus: 1}: a ViT encoder priced by the roofline runs inline in "
+                          "the step that first schedules the request, or on its own encoder pool before routing.")
+    kv_eviction: dict[str, Any] | None = Field(
+        None, description="Token eviction from the KV cache (kind 'kv_eviction'): {type: streaming_llm, sink_tokens: 4, "
+                          "window_tokens: 2044} or {type: h2o, retained_fraction: 0.2}; each sequence holds at most its "
+                          "budget of KV (more sequences fit; decode attention reads less); turns prefix caching off.")
     speculative: dict[str, Any] | None = Field(
         None, description="Speculative decoding (kind 'speculative'): {method: draft_model, draft_model: "
                           "llama-3.2-1b, num_draft_tokens: 4, acceptance_rate: 0.8}, or method ngram / mtp.")
@@ -186,6 +303,16 @@ class RunConfig(_Model):
     router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the router.")
     seed: int = Field(0, description="Seed of every random stream in the run.")
     sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
+    result_cache: Annotated[dict[str, Any] | None, AfterValidator(_check_result_cache)] = Field(
+        None, description="A response cache in front of the engine (kind 'result_cache'): {type: exact, capacity: "
+                          "100000} (same prompt answered before) or {type: semantic, hit_rate: 0.3} (similar "
+                          "prompt); a hit is answered after lookup_s, a miss pays lookup_s and goes on.")
+    cascade: CascadeConfig | None = Field(
+        None, description="Multi-model routing: tiers of models (each its own pool) chosen by a request's "
+                          "difficulty score; instead of `deployment` / `pools`.")
+    autoscaling: AutoscalingConfig | None = Field(
+        None, description="Replicas scaled by a policy with a provisioning delay (colocated `deployment` only; "
+                          "deployment.replicas is the number active at the start).")
 
 
 
@@ -197,6 +324,9 @@ class RunConfig(_Model):
             raise ValueError("give either parallelism (one replica) or deployment (replicas + parallelism), not both")
         if self.pools is not None and (self.deployment is not None or given):
             raise ValueError("give either pools (disaggregated) or deployment/parallelism (colocated), not both")
+        if self.pools is not None and (self.pools.prefill.parallelism.sp > 1 or self.pools.decode.parallelism.sp > 1):
+            raise ValueError("pools.*.parallelism.sp: sequence parallelism in disaggregated pools is not modelled; "
+                             "use a colocated deployment")
         return self
 
     def replica_groups(self) -> list[tuple[str, int, int, int, str, bool]]:
@@ -209,9 +339,15 @@ class RunConfig(_Model):
                             pool.gpu or self.hardware.gpu, False))
             return out
         d = self.deployment
-        if d is None:
-            return [("replicas", 1, self.parallelism.tp, self.parallelism.pp, self.hardware.gpu, False)]
-        return [("replicas", d.replicas, d.parallelism.tp, d.parallelism.pp, self.hardware.gpu, d.allow_cross_node_tp)]
+        par = self.parallelism if d is None else d.parallelism
+        # a sequence-parallel replica places tp x sp GPUs per stage; its SP ranks may sit on different nodes
+        cross = par.sp > 1 or (d is not None and d.allow_cross_node_tp)
+        return [("replicas", 1 if d is None else d.replicas, par.tp * par.sp, par.pp, self.hardware.gpu, cross)]
+
+    @property
+    def sequence_parallel(self) -> ParallelismConfig:
+        """The colocated deployment's parallelism (sp and sp_type are read from it)."""
+        return self.parallelism if self.deployment is None else self.deployment.parallelism
 
 
 class _SafeLoader(yaml.SafeLoader):

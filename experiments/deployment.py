@@ -7,29 +7,64 @@ disaggregation proxy sends it); its KV cache then moves to a decode instance as 
 two instances' GPUs on the cluster's links (sharing bandwidth with every other transfer); the decode
 instance admits it with that KV in place, computes the last prompt position and streams the
 output. TTFT therefore includes the prefill, the queueing on both sides and the transfer.
+Cascade (``cascade: {tiers: [...]}``): one pool per model tier; a request goes to the tier of its
+difficulty score (`policies.cascade`), and an escalated one runs again on the next tier.
+Autoscaling (``autoscaling:``): the colocated pool is placed for max_replicas, and a
+`policies.autoscaling.ScalingController` decides which of them the router may use.
 
 Every replica is a `sim.engine.Replica` on the GPUs its placement gives it; swap copies go over
 those GPUs' links to their node's host memory.
+
+Front-end stages. Before routing, a request passes the deployment's stages in order (a result cache,
+a multimodal encoder, ...), added with ``Deployment.add_stage(stage)``. A stage is any object with
+
+* ``name: str``: the key of its section in summary.json;
+* ``enter(env, req)``: a generator function run inside a SimPy process (one per request, only when there
+  are stages). It may yield SimPy events (``env.timeout(s)``, resource requests, flows) and *returns*
+  True to pass the request on to the next stage and then the router, or False when the stage dealt with
+  it. A stage that never waits may return a plain bool instead of being a generator;
+
+and optionally
+
+* ``finished(req)``: called when a request that passed every stage completes on the engine (or is
+  refused there: ``req.state == "rejected"``), e.g. to put its answer into a cache;
+* ``summary() -> dict``: its summary section;
+* ``attach(deployment)``: called once by `add_stage` (to read the pools, the cluster, the env).
+
+A request a stage returns False for is complete at that moment: its ``first_token`` (unless the stage
+set an earlier one), ``finish`` and ``first_scheduled`` become ``env.now``, its ``generated`` its
+``output_len`` (the whole answer at once), its ``replica`` -1; it is logged with the engine's requests
+and the workload hears of it. To refuse a request instead, set ``req.state = "rejected"`` before
+returning False: it is counted in ``requests.rejected`` and not logged. The time a request spends in
+the stages is part of its TTFT and E2E (its arrival time is unchanged). With no stage, `route` hands
+the request straight to the router (no process, no cost).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable, Generator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import simpy
 
+from policies.autoscaling import ScalingController, make_autoscaler
+from policies.cascade import DifficultyCascade
+from policies.multimodal import make_encoder_stage
+from sim.energy import J_PER_KWH, energy_summary
+from policies.result_cache import make_result_cache
 from policies.routing import make_router
 from sim.engine import Replica, RequestLog
 from sim.errors import ConfigError, DeploymentError
 from sim.hardware import get_gpu
 from sim.kvcache import KVCacheManager
 from sim.links import FlowNetwork
-from sim.request import REJECTED, Request
+from sim.request import FINISHED, REJECTED, Request
 from sim.pipeline import Pipeline
 from topologies import GroupRequest, allreduce_params, build_cluster, default_cluster, p2p_time, place
 
 from .build import ReplicaPlan, build_cost_model, build_policies, build_scheduler, plan_replica
-from .config import RunConfig
+from .config import ModelConfig, RunConfig
 
 
 @dataclass
@@ -40,19 +75,51 @@ class Pool:
     plan: ReplicaPlan
     replicas: list[Replica]
     router: object
+    routable: list[Replica] = field(default_factory=list)   # what the router picks from: the active replicas
+    model: str = ""
+
+
+class Stage(Protocol):
+    """A front-end stage a request passes before routing (see the module docstring for the whole contract)."""
+
+    name: str
+
+    def enter(self, env: simpy.Environment, req: Request) -> Generator[simpy.Event, Any, bool] | bool:
+        """Wait as the stage does; True passes the request on, False means the stage served (or refused) it."""
+
+
+class _AttemptLog:
+    """The request log of a tier that escalates: a first attempt that will be re-sent is not a completion."""
+
+    __slots__ = ("log", "attempts", "skipped")
+
+    def __init__(self, log: RequestLog, attempts: dict) -> None:
+        self.log, self.attempts, self.skipped = log, attempts, 0
+
+    def add(self, r: Request) -> None:
+        entry = self.attempts.get(r.id)
+        if entry is not None and entry[0] is not r:
+            self.skipped += 1
+            return
+        self.log.add(r)
+
+    def __len__(self) -> int:
+        return len(self.log)
 
 
 class Deployment:
-    """Build the pools of a config on its cluster, and route requests through them."""
+    """Build the pools of a config on its cluster, and route requests through them (and its front-end stages)."""
 
     def __init__(self, cfg: RunConfig, env: simpy.Environment, seed: np.random.SeedSequence, log: RequestLog,
                  mode: str = "fast") -> None:
         self.cfg, self.env, self.log = cfg, env, log
-        groups = cfg.replica_groups()
+        groups, group_cfgs = self._groups(cfg)
         for name, _, tp, _, gpu, cross in groups:
             spec = get_gpu(gpu)
             if cfg.cluster is None and not cross and tp > spec.gpus_per_node:
-                key = "parallelism.tp" if name == "replicas" else f"pools.{name}.parallelism.tp"
+                key = ("parallelism.tp" if name == "replicas" else
+                       f"cascade.tiers[{name}].parallelism.tp" if cfg.cascade is not None else
+                       f"pools.{name}.parallelism.tp")
                 raise DeploymentError(f"{key}={tp} exceeds the {spec.gpus_per_node} GPUs of one {spec.name} node; "
                                       f"tensor parallelism runs within a node, use tp <= {spec.gpus_per_node}")
         if cfg.cluster is not None:
@@ -77,11 +144,17 @@ class Deployment:
         self.pools: list[Pool] = []
         self.replicas: list[Replica] = []
         self.prefill_log = RequestLog() if cfg.pools is not None else None
+        self._attempts: dict[int, tuple[Request, list[int]]] = {}     # cascade: request id -> (original, tiers left)
+        self.attempt_logs: dict[str, _AttemptLog] = {}
+        escalating = {t.name for t in cfg.cascade.tiers if t.escalate_fraction} if cfg.cascade is not None else set()
         for name, count, tp, pp, gpu, _ in groups:
+            gcfg = group_cfgs.get(name, cfg)
             mine = [p for p in placements if p.group == name]
-            cost = build_cost_model(cfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp))
-            plan = plan_replica(cfg, cost, plan_rng, pp=pp)
+            cost = build_cost_model(gcfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp))
+            plan = plan_replica(gcfg, cost, plan_rng, pp=pp)
             pool_log = self.prefill_log if name == "prefill" else log
+            if name in escalating:
+                pool_log = self.attempt_logs[name] = _AttemptLog(log, self._attempts)
             replicas = []
             for placement in mine:
                 pipeline = self._pipeline(placement, cost) if pp > 1 else None
@@ -90,18 +163,18 @@ class Deployment:
                 for _ in range(pp):
                     kv = KVCacheManager(plan.memory.num_blocks // pp, plan.engine.block_size,
                                         plan.engine.enable_prefix_caching)
-                    pol = build_policies(cfg, plan, np.random.default_rng(next(streams)),
+                    pol = build_policies(gcfg, plan, np.random.default_rng(next(streams)),
                                          self._host_mover(placement.stages[0]))
                     pol.pipeline = pipeline
-                    rep = Replica(env, len(self.replicas), cost, kv, plan.engine, build_scheduler(cfg), pool_log, mode,
-                                  pol)
+                    rep = Replica(env, len(self.replicas), cost, kv, plan.engine, build_scheduler(gcfg), pool_log,
+                                  mode, pol)
                     rep.pool = name
                     rep.placement = placement
                     replicas.append(rep)
                     self.replicas.append(rep)
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
-            self.pools.append(Pool(name, plan, replicas, router))
+            self.pools.append(Pool(name, plan, replicas, router, replicas, cost.model.name))
         self.placements = placements
         self.rejected = 0
         self.on_finish = None         # the workload's callback (closed loops, sessions), set by the runner
@@ -111,13 +184,106 @@ class Deployment:
             self._originals: dict[int, Request] = {}
             for rep in self._prefill.replicas:
                 rep.on_finish = self._prefilled
-        for rep in self._serving.replicas:
-            rep.on_finish = self._finished
+        serving = self.replicas if cfg.cascade is not None else self._serving.replicas
+        for rep in serving:
+            rep.on_finish = self._tier_finished if rep.pool in escalating else self._finished
+        # front-end stages, finish hooks and the optional cascade / autoscaler; their random streams are spawned
+        # after the replicas', so a run without them draws exactly what it drew before they existed
+        self.stages: list[Stage] = []
+        self._finish_hooks: list[Callable[[Request], None]] = []
+        self._in_stages = 0
+        self.stage_served = 0
+        self.cascade: DifficultyCascade | None = None
+        self.scaler: ScalingController | None = None
+        self._direct = cfg.pools is None and cfg.cascade is None
+        if cfg.result_cache is not None or cfg.cascade is not None or cfg.autoscaling is not None:
+            cache_ss, cascade_ss, scaler_ss = seed.spawn(3)
+            if cfg.result_cache is not None:
+                self.add_stage(make_result_cache(cfg.result_cache, np.random.default_rng(cache_ss)))
+            if cfg.cascade is not None:
+                c = cfg.cascade
+                self.cascade = DifficultyCascade([t.max_difficulty for t in c.tiers],
+                                                 [t.escalate_fraction for t in c.tiers], c.default_difficulty,
+                                                 np.random.default_rng(cascade_ss))
+            if cfg.autoscaling is not None:
+                self._build_scaler(cfg, np.random.default_rng(scaler_ss))
+        if cfg.multimodal is not None:
+            # after the result cache: an answered request needs no encoding
+            self.add_stage(make_encoder_stage(cfg.multimodal, self.pools[0].plan.cost))
+
+    # ------------------------------------------------------------ front-end stages and controllers
+    def add_stage(self, stage: Stage, index: int | None = None) -> None:
+        """Put `stage` in front of the router: last (or at position `index`) of the stages a request passes.
+        Its ``attach(deployment)`` is called now, its ``finished(req)`` at every engine completion."""
+        if not callable(getattr(stage, "enter", None)):
+            raise ConfigError(f"front-end stage {stage!r} has no enter(env, request) method")
+        self.stages.insert(len(self.stages) if index is None else index, stage)
+        self._direct = False
+        attach = getattr(stage, "attach", None)
+        if attach is not None:
+            attach(self)
+        hook = getattr(stage, "finished", None)
+        if hook is not None:
+            self._finish_hooks.append(hook)
+
+    def start(self, finished: Callable[[], bool]) -> None:
+        """Start the deployment's own processes (the autoscaler), which stop once `finished()` is true."""
+        if self.scaler is not None:
+            self.env.process(self.scaler.run(finished))
+
+    def _groups(self, cfg: RunConfig) -> tuple[list[tuple[str, int, int, int, str, bool]], dict[str, RunConfig]]:
+        """The pools to place, and for a cascade each tier's config (the run's, with the tier's model)."""
+        if cfg.cascade is not None:
+            if cfg.pools is not None or cfg.deployment is not None or cfg.autoscaling is not None:
+                raise ConfigError("cascade: give the replicas of each tier in cascade.tiers, without deployment, "
+                                  "pools or autoscaling")
+            groups, cfgs = [], {}
+            for t in cfg.cascade.tiers:
+                if t.name in ("prefill", "decode", "replicas"):
+                    raise ConfigError(f"cascade.tiers: the name {t.name!r} is reserved; pick another")
+                model = ModelConfig(name=t.model or cfg.model.name, weight_dtype=t.weight_dtype,
+                                    kv_dtype=cfg.model.kv_dtype)
+                cfgs[t.name] = cfg.model_copy(update={"model": model})
+                groups.append((t.name, t.replicas, t.parallelism.tp, t.parallelism.pp, t.gpu or cfg.hardware.gpu,
+                               False))
+            return groups, cfgs
+        groups = cfg.replica_groups()
+        a = cfg.autoscaling
+        if a is not None:
+            if cfg.pools is not None:
+                raise ConfigError("autoscaling: scales a colocated deployment; remove pools (disaggregation) or "
+                                  "autoscaling")
+            initial = groups[0][1]
+            if not a.min_replicas <= initial <= a.max_replicas:
+                raise ConfigError(f"autoscaling: deployment.replicas={initial} (the replicas active at the start) "
+                                  f"must lie within min_replicas={a.min_replicas} and max_replicas={a.max_replicas}")
+            groups = [(groups[0][0], a.max_replicas, *groups[0][2:])]
+        return groups, {}
+
+    def _build_scaler(self, cfg: RunConfig, rng: np.random.Generator) -> None:
+        a = cfg.autoscaling
+        pool = self.pools[0]
+        pool.routable = []
+        cost = pool.plan.cost
+        per_replica = len(self.replicas) // a.max_replicas                  # pp virtual engines share a replica
+        if per_replica != 1:
+            raise ConfigError("autoscaling with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
+        self.scaler = ScalingController(
+            self.env, pool.replicas, pool.routable, make_autoscaler(a.policy, a.policy_options, rng),
+            initial=cfg.replica_groups()[0][1], min_replicas=a.min_replicas, max_replicas=a.max_replicas,
+            interval_s=a.interval_s, provisioning_delay_s=a.provisioning_delay_s,
+            scale_down_cooldown_s=a.scale_down_cooldown_s, gpus_per_replica=cost.tp,
+            usd_per_gpu_hour=cost.gpu.price_per_hour)
+        self._finish_hooks.append(self.scaler.completed)
 
     # ------------------------------------------------------------ construction helpers
     def _router_name(self, pool: str) -> str:
         if self.cfg.pools is not None:
             own = getattr(self.cfg.pools, pool).router
+            if own:
+                return own
+        if self.cfg.cascade is not None:
+            own = next(t.router for t in self.cfg.cascade.tiers if t.name == pool)
             if own:
                 return own
         return self.cfg.router
@@ -167,22 +333,78 @@ class Deployment:
     # ------------------------------------------------------------ routing
     @property
     def outstanding(self) -> int:
-        """Requests in any replica, or moving between pools."""
+        """Requests in any replica, in a front-end stage, or moving between pools."""
         moving = len(self._originals) if self.cfg.pools is not None else 0
-        return sum(r.outstanding for r in self.replicas) + moving
+        return sum(r.outstanding for r in self.replicas) + moving + self._in_stages
 
     def route(self, req: Request) -> None:
-        """An arriving request: to the prefill pool (disaggregated) or to a replica of the only pool."""
+        """An arriving request: through the front-end stages (if any), then to its pool's router."""
+        if self._direct:                  # one colocated pool, no stage: the hot path of most runs
+            self._enqueue(self.pools[0], req)
+            return
+        if self.stages:
+            self._in_stages += 1
+            self.env.process(self._front(req))
+            return
+        self._dispatch(req)
+
+    def _front(self, req: Request):
+        """SimPy process: the request passes the stages in order; one that serves it ends its journey."""
+        env = self.env
+        for stage in self.stages:
+            forward = stage.enter(env, req)
+            if not isinstance(forward, bool):
+                forward = yield from forward
+            if not forward:
+                self._in_stages -= 1
+                self._served(req)
+                return
+        self._in_stages -= 1
+        self._dispatch(req)
+
+    def _served(self, req: Request) -> None:
+        """A stage answered (or refused) the request: complete it now (see the module docstring)."""
+        self.stage_served += 1
+        if req.state == REJECTED:
+            self.rejected += 1
+        else:
+            now = self.env.now
+            req.state = FINISHED
+            if req.first_scheduled < 0:
+                req.first_scheduled = now
+            if req.first_token < 0:
+                req.first_token = now
+            req.finish = now
+            if not req.generated:
+                req.generated = req.output_len
+            req.replica = -1
+            self.log.add(req)
+        if self.on_finish is not None:
+            self.on_finish(req)
+
+    def _dispatch(self, req: Request) -> None:
+        """To the prefill pool (disaggregated), to the tier of its difficulty (cascade), or to the only pool."""
+        if self.cascade is not None:
+            self._to_tiers(req, self.cascade.path(req))
+            return
         pool = self.pools[0]
         if self.cfg.pools is not None:
-            clone = Request(req.id, req.arrival, req.prompt_len, 1, req.segments, req.session_id, req.stage,
-                            req.tenant, req.priority, req.slo_ttft_s, req.slo_tpot_s)
+            clone = self._clone(req, 1)
+            clone.encoder_s, req.encoder_s = req.encoder_s, 0.0     # the prefill instance encodes the images
             self._originals[req.id] = req
             req = clone
         self._enqueue(pool, req)
 
+    @staticmethod
+    def _clone(req: Request, output_len: int) -> Request:
+        """A copy of an arriving request for another run of it (a prefill, a cascade attempt)."""
+        c = Request(req.id, req.arrival, req.prompt_len, output_len, req.segments, req.session_id, req.stage,
+                    req.tenant, req.priority, req.slo_ttft_s, req.slo_tpot_s)
+        c.images, c.encoder_s, c.difficulty, c.cache_hit = req.images, req.encoder_s, req.difficulty, req.cache_hit
+        return c
+
     def _enqueue(self, pool: Pool, req: Request) -> None:
-        replicas = pool.replicas
+        replicas = pool.routable
         if len(replicas) == 1:
             replicas[0].enqueue(req)
             return
@@ -194,8 +416,36 @@ class Deployment:
     def _finished(self, req: Request) -> None:
         if req.state == REJECTED:
             self.rejected += 1
+        for hook in self._finish_hooks:
+            hook(req)
         if self.on_finish is not None:
             self.on_finish(req)
+
+    # ------------------------------------------------------------ cascade
+    def _to_tiers(self, req: Request, tiers: list[int]) -> None:
+        """Run `req` on tiers[0]; with more tiers, as an attempt whose completion sends it on to the rest."""
+        pool = self.pools[tiers[0]]
+        if len(tiers) == 1:
+            req.model = pool.model
+            self._enqueue(pool, req)
+            return
+        attempt = self._clone(req, req.output_len)
+        attempt.model = pool.model
+        self._attempts[req.id] = (req, tiers[1:])
+        self._enqueue(pool, attempt)
+
+    def _tier_finished(self, r: Request) -> None:
+        """A request finished on a tier that escalates: an attempt goes on to its next tier, an answer is final."""
+        entry = self._attempts.get(r.id)
+        if entry is None or entry[0] is r:
+            self._finished(r)
+            return
+        req, rest = self._attempts.pop(r.id)
+        if r.state == REJECTED:
+            req.state = REJECTED
+            self._finished(req)
+            return
+        self._to_tiers(req, rest)
 
     # ------------------------------------------------------------ disaggregation
     def _prefilled(self, clone: Request) -> None:
@@ -312,4 +562,81 @@ def deployment_sections(dep: Deployment, records: dict, sim_time: float) -> dict
         out["speculative"] = {"draft_tokens": drafted, "accepted_tokens": accepted,
                               "acceptance_rate": accepted / drafted if drafted else 0.0,
                               "mean_tokens_per_step": (accepted + spec_steps) / spec_steps if spec_steps else 0.0}
+    for stage in dep.stages:
+        summary = getattr(stage, "summary", None)
+        if summary is not None:
+            out[stage.name] = summary()
+    if dep.cascade is not None:
+        out["cascade"] = cascade_section(dep, records, sim_time)
+    if dep.scaler is not None:
+        out["autoscaling"] = dep.scaler.summary(sim_time)
+    out["energy"] = energy_section(dep, records, sim_time)
     return out
+
+
+def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
+    """Energy of the run at each GPU's TDP while its replica steps (`sim.energy.energy_summary`), summed over the
+    pools (they may be different GPUs); None figures when a GPU's TDP is unknown."""
+    tokens = int(np.sum(records["output_tokens"])) if len(records["output_tokens"]) else 0
+    parts = []
+    for pool in dep.pools:
+        per_placement: dict[int, list] = {}
+        for rep in pool.replicas:
+            per_placement.setdefault(id(rep.placement), [rep.placement, []])[1].append(rep.steps.busy_s)
+        gpus = sum(len(p.gpus) for p, _ in per_placement.values())
+        # a placement's GPUs are busy while any of its virtual engines steps (their steps share the stages)
+        busy = sum(len(p.gpus) * min(sum(b), sim_time) for p, b in per_placement.values()) / gpus if gpus else 0.0
+        parts.append(energy_summary(pool.plan.cost.gpu.tdp_w, gpus, busy, sim_time, tokens))
+    if len(parts) == 1:
+        return parts[0]
+    known = all(p["energy_j"] is not None for p in parts)
+    total = sum(p["energy_j"] for p in parts) if known else None
+    return {"gpus": sum(p["gpus"] for p in parts), "energy_j": total,
+            "energy_kwh": total / J_PER_KWH if known else None,
+            "j_per_output_token": total / tokens if known and tokens else None,
+            "mean_power_w": total / sim_time if known and sim_time > 0 else None,
+            "pools": {pool.name: part for pool, part in zip(dep.pools, parts)}}
+
+
+def request_columns(dep: Deployment, records: dict) -> None:
+    """Columns the front end adds to the request records: ``result_cache_hit`` (answered by the result cache)
+    and, in a cascade, ``model`` (the tier model that gave the answer; None for a cache hit)."""
+    cache = next((s for s in dep.stages if getattr(s, "name", "") == "result_cache"), None)
+    if cache is not None:
+        records["result_cache_hit"] = np.isin(records["request_id"], np.asarray(cache.hit_ids, dtype=np.int64))
+    encoder = next((s for s in dep.stages if getattr(s, "name", "") == "multimodal"), None)
+    if encoder is not None:
+        records["encoder_s"] = encoder.encoder_column(np.asarray(records["request_id"]))
+    if dep.cascade is not None:
+        names = np.array([r.cost.model.name for r in dep.replicas] + [None], dtype=object)
+        records["model"] = names[records["replica"]]           # replica -1 (served by a stage) picks the None
+
+
+def cascade_section(dep: Deployment, records: dict, sim_time: float) -> dict:
+    """Per tier: requests routed there first, escalated on, answered there, their latency, the tokens its
+    replicas computed (escalated attempts included), GPU-hours and cost (every replica billed for the whole run)."""
+    from sim.metrics import distribution
+
+    served = records["replica"]
+    arrival = records["arrival_s"]
+    tiers = {}
+    total_hours, total_cost = 0.0, 0.0
+    for k, pool in enumerate(dep.pools):
+        mine = np.isin(served, [r.index for r in pool.replicas])
+        cost = pool.plan.cost
+        gpus = sum(len(p.gpus) for p in dep.placements if p.group == pool.name)
+        hours = gpus * sim_time / 3600.0
+        price = cost.gpu.price_per_hour
+        busy = sum(r.steps.busy_s for r in pool.replicas)
+        tiers[pool.name] = {
+            "model": pool.model, "gpu": cost.gpu.name, "tp": cost.tp, "replicas": len(pool.replicas), "gpus": gpus,
+            "routed": dep.cascade.routed[k], "escalated": dep.cascade.escalated[k], "answered": int(mine.sum()),
+            "ttft_s": distribution(records["first_token_s"][mine] - arrival[mine]),
+            "e2e_s": distribution(records["finish_s"][mine] - arrival[mine]),
+            "busy_fraction": busy / sim_time / len(pool.replicas) if sim_time > 0 else 0.0,
+            "tokens": sum(r.steps.tokens for r in pool.replicas), "gpu_hours": hours, "usd_per_gpu_hour": price,
+            "cost_usd": hours * price if price is not None else None}
+        total_hours += hours
+        total_cost = None if price is None or total_cost is None else total_cost + hours * price
+    return {"tiers": tiers, "gpu_hours": total_hours, "cost_usd": total_cost,
+            "default_difficulty": dep.cfg.cascade.default_difficulty}

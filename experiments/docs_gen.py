@@ -37,6 +37,7 @@ PLUGIN_MODULES = (
     "policies.batching", "policies.request_batching", "policies.ordering", "policies.victims", "policies.memory",
     "policies.admission", "policies.routing", "policies.speculative", "topologies.builders", "workloads.build", "workloads.arrivals", "workloads.lengths", "workloads.formats",
     "workloads.traces", "workloads.sessions", "workloads.shared_prefix", "workloads.closed_loop",
+    "policies.kv_eviction", "policies.multimodal", "policies.result_cache", "policies.autoscaling",
 )
 
 # Packages documented in the API reference, and module prefixes left out of it (scripts, not API).
@@ -59,10 +60,16 @@ PLUGIN_KINDS = {
     "speculative": ("Speculative-decoding drafters.", "speculative.method"),
     "router": ("Routers: which replica of a pool serves an arriving request.", "router"),
     "topology": ("Cluster topology builders.", "cluster.topology"),
+    "kv_eviction": ("Token eviction from the KV cache (a KV budget per sequence).", "kv_eviction.type"),
+    "encoder_mode": ("Where multimodal encoders run: inline on the replica, or a separate encoder pool.",
+                     "multimodal.mode"),
+    "result_cache": ("Result caches in front of the engine.", "result_cache.type"),
+    "autoscaler": ("Autoscaling policies: how many replicas a pool should have.", "autoscaling.policy"),
 }
 
 # Kinds that are serving policies (`servesim catalog policies`).
-POLICY_KINDS = ("scheduler", "ordering", "preemption", "victim", "admission", "kv_allocation", "speculative", "router")
+POLICY_KINDS = ("scheduler", "ordering", "preemption", "victim", "admission", "kv_allocation", "speculative", "router",
+                "kv_eviction", "encoder_mode", "result_cache", "autoscaler")
 
 # Units of the engine-profile fields (sim.cost.EngineProfile); see the comment in engines.yaml.
 ENGINE_FIELD_UNITS = {

@@ -179,6 +179,9 @@ def run_report(result, title: str | None = None, max_timeline_steps: int = 3000)
     if getattr(result, "links", None) is not None and len(result.links):
         rep.heading("Link utilisation over time")
         rep.figure(charts.link_utilisation_figure(result.links))
+    if getattr(result, "scaling", None) is not None and len(result.scaling):
+        rep.heading("Autoscaling")
+        rep.figure(charts.autoscaling_figure({"run": (result.requests, result.scaling)}))
     if getattr(result, "steps", None) is not None and len(result.steps):
         rep.heading("Iteration timeline")
         rep.figure(charts.timeline_figure(result.steps, max_steps=max_timeline_steps))

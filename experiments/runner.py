@@ -31,7 +31,7 @@ from workloads.build import build_workload
 
 from .build import build_cost_model, engine_config  # noqa: F401  (the runner's API since the first release)
 from .config import RunConfig, load_config
-from .deployment import Deployment, deployment_sections
+from .deployment import Deployment, deployment_sections, request_columns
 
 
 @dataclass
@@ -45,6 +45,7 @@ class RunResult:
     timeseries: pd.DataFrame | None = None   # sim.sample_interval_s: time, waiting, running, kv_usage, completed
     steps: pd.DataFrame | None = None        # sim.record_steps: replica, start_s, end_s, tokens, batch
     links: pd.DataFrame | None = None        # sim.sample_interval_s: time_s, link, utilisation (change points)
+    scaling: pd.DataFrame | None = None      # autoscaling: time_s, active, target, billed, gpu_hours, cost_usd
 
     def write(self, out_dir: str | Path) -> Path:
         """Write summary.json, requests.parquet and config.yaml (plus optional tables) into `out_dir`.
@@ -67,6 +68,8 @@ class RunResult:
                 self.steps.to_parquet(tmp / "steps.parquet", index=False)
             if self.links is not None:
                 self.links.to_parquet(tmp / "links.parquet", index=False)
+            if self.scaling is not None:
+                self.scaling.to_parquet(tmp / "scaling.parquet", index=False)
             out.mkdir(exist_ok=True)
             for f in tmp.iterdir():
                 os.replace(f, out / f.name)
@@ -114,6 +117,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     def finished() -> bool:
         return not arrivals.is_alive and dep.outstanding == 0
 
+    dep.start(finished)
     progress = _Progress(env, workload, log, finished) if cfg.sim.progress and sys.stderr.isatty() else None
     samples = None
     if cfg.sim.sample_interval_s:
@@ -137,6 +141,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     if frontend and len(records["arrival_s"]):
         records["first_token_s"] = records["first_token_s"] + frontend
         records["finish_s"] = records["finish_s"] + frontend
+    request_columns(dep, records)
     sim_time = max(r.clock for r in dep.replicas)
     kvs = [r.kv for r in serving.replicas]
     mem = serving.plan.memory
@@ -165,6 +170,9 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     if samples is not None:
         result.timeseries = pd.DataFrame(samples, columns=["time_s", "waiting", "running", "kv_usage", "completed"])
         result.links = pd.DataFrame(dep.net.rate_timeline(), columns=["time_s", "link", "utilisation"])
+    if dep.scaler is not None:
+        result.scaling = pd.DataFrame(dep.scaler.frame_rows(sim_time),
+                                      columns=["time_s", "active", "target", "billed", "gpu_hours", "cost_usd"])
     if cfg.sim.record_steps or cfg.sim.chrome_trace:
         frames = []
         for rep in dep.replicas:

@@ -76,6 +76,16 @@ def print_estimate(est) -> None:
                   f"weights {mem['weights_gb']:.2f} GB, KV {mem['kv_bytes_per_token'] / 1024:.1f} KiB/token, "
                   f"KV capacity {mem['max_kv_tokens']:,} tokens"
                   + ("" if mem["kv_fits"] else "  [bold red]batch KV does not fit in memory[/]"))
+    if d.get("power_w"):
+        console.print(f"energy: {d['power_w']:g} W, {d['energy_j_per_token']:.3g} J/token")
+    else:
+        console.print("energy: the catalogue has no TDP for this device; give --power-w to get J/token")
+    off = d.get("offload")
+    if off:
+        pl = off["placement"]
+        where = ", ".join(f"{k}={v:g}" for k, v in pl.items() if isinstance(v, float) and v) if isinstance(pl, dict) else pl
+        console.print(f"offload: {where}; {off['h2d_bytes'] / 1e9:.2f} GB over PCIe "
+                      f"({off['pcie_gbps']:g} GB/s) per step" + (", transfer-bound" if off["transfer_bound"] else ""))
 
 
 def print_summary(s: dict, out=None) -> None:

@@ -149,7 +149,7 @@ class VLLMScheduler:
         need = 0
         for req in rep.explicit:
             demand += req.num_tokens - req.num_computed
-            need += kv.blocks_needed(req.id, req.num_tokens)
+            need += kv.blocks_needed(req.id, min(req.num_tokens, req.kv_cap))
         if demand > budget:
             return None
         due = cohort.pop_due_blocks(cohort.tick + 1)

@@ -42,7 +42,7 @@ def _priority_seq(req: Request) -> tuple[int, int]:
 
 
 def _kv_seq(req: Request) -> tuple[int, int]:
-    return (req.kv_slots, req.seq)
+    return (min(req.kv_slots, req.kv_cap), req.seq)
 
 
 def make_victim(name: str) -> Victim:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import heapq
 
-from .request import FINISHED, Request
+from .request import FINISHED, KV_UNBOUNDED, Request
 
 
 class DecodeCohort:
@@ -116,7 +116,11 @@ class DecodeCohort:
 
     def min_slack(self) -> int:
         """Fewest steps any member can still run on the KV blocks it holds."""
-        top = self._top(self._blocks)
+        heap = self._blocks
+        top = self._top(heap)
+        while top is not None and top[2].kv_slots >= KV_UNBOUNDED:    # reached its eviction budget: no more blocks
+            heapq.heappop(heap)
+            top = self._top(heap)
         return top[0] - self.tick - 1 if top else self.block_size
 
     def pop_due_blocks(self, upto: int) -> list[Request]:
@@ -129,7 +133,7 @@ class DecodeCohort:
         while heap and heap[0][0] <= upto:
             entry = heap[0]
             req = entry[2]
-            if req.state == FINISHED or req.lazy_tick < 0:
+            if req.state == FINISHED or req.lazy_tick < 0 or req.kv_slots >= KV_UNBOUNDED:
                 heapq.heappop(heap)
                 continue
             due.append(entry)

@@ -15,6 +15,11 @@ Efficiencies are named constants in `KernelConstants`, each with the measurement
 (`constants_table()` lists them for the docs); `kernel_constants(gpu)` swaps in the values fitted for
 Hopper parts. The "ideal" profile is the plain roofline: full peaks, plain max, no floors or overheads.
 
+Decode attention is divided by its SM occupancy (work units = sequences x KV heads x Flash-Decoding splits,
+filling waves of SMs). Variants priced from the same sums: sliding-window and local/global layers, linear
+attention layers (ModelSpec fields), and the `CostModel` keyword arguments `flash_decoding`, `sparsity`
+("2:4"), `kv_dtype="int4"`, `kv_eviction` and `int4_kernel` (docs/concepts/cost-model.md, "Variants").
+
 Speed matters: the engine prices tens of thousands of iterations per run. A batch is summarised
 by a `BatchShape` of a few sums; everything that depends only on the model, GPU and dtypes is
 folded into per-op coefficients once (`CostModel.__init__`), the attention-free part of a step is
@@ -34,7 +39,26 @@ from .hardware import DTYPE_BYTES, GPUSpec, get_link
 from .models import ModelSpec
 
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
-KV_DTYPES = ("bf16", "fp16", "fp8", "int8")
+KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+SPARSITY = ("2:4",)
+KV_EVICTION_KINDS = ("h2o", "streaming_llm")
+INT4_KERNELS = ("tinygemm", "marlin")
+# Which weight-only int4 GEMM an engine runs when `int4_kernel` is not given: gpt-fast calls PyTorch's tinygemm
+# (torch.ops.aten._weight_int4pack_mm); vLLM / SGLang run AWQ/GPTQ checkpoints through Marlin, TensorRT-LLM its
+# own fused weight-only GEMM; both stage activations once per tile, so only tinygemm pays a cost per row.
+INT4_KERNEL_BY_ENGINE = {"gpt-fast": "tinygemm"}
+# int4 KV cache: 4-bit values with an fp16 scale and zero point per head and token (lmdeploy's online KV
+# quantisation, "per-head per-token asymmetric"), i.e. 0.5 byte + 4 bytes / head_dim per element.
+KV_INT4_GROUP_BYTES = 4.0
+# H2O keeps, per query head and retained token, an fp32 accumulated attention score that each decode step
+# reads and writes (8 B), fed by the step's softmax probabilities, which the attention kernel must write out
+# (bf16, 2 B) and the accumulation read back (2 B): 12 bytes per head per retained token per layer.
+H2O_BYTES_PER_HEAD_TOKEN = 12.0
+# Split-KV (Flash-Decoding) partial results: per split, sequence and query head an fp32 output row and its
+# log-sum-exp, written by the split kernel and read by the combine kernel.
+SPLIT_PARTIAL_FP32 = 2 * 4.0
+# MLA decode kernels (FlashMLA) give one thread block 64 query heads of a sequence (its KV is one latent).
+MLA_HEADS_PER_CTA = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,11 +86,12 @@ class KernelConstants:
         "unit": "s per kernel",
         "source": "same profiles: time of a small memory-bound GEMM beyond its bytes / bandwidth (launch, "
                   "ramp-up and tail of one kernel), fitted (family gemm)"})
-    attn_decode_mem_eff: float = field(default=0.94, metadata={
+    attn_decode_mem_eff: float = field(default=0.974, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "Vidur A100 paged decode-attention points (Llama-2-7B, batch 1-128, context 32-1.7k): "
-                  "KV bytes / time, fitted with attn_decode_seq_s (family attention)"})
-    attn_decode_seq_s: float = field(default=1.0e-6, metadata={
+                  "KV bytes / time at full SM occupancy (the wave occupancy of batch x KV heads x splits is "
+                  "modelled separately), fitted with attn_decode_seq_s (family attention)"})
+    attn_decode_seq_s: float = field(default=1.13e-6, metadata={
         "unit": "s per sequence per layer",
         "source": "same points: short-context decode attention costs a fixed time per sequence (one "
                   "thread block per sequence and head walks its block table), fitted (family attention)"})
@@ -90,15 +115,36 @@ class KernelConstants:
     int8_weight_only_mem_eff: float = field(default=0.669, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV), fitted (family gpt-fast)"})
-    int4_weight_only_mem_eff: float = field(default=0.498, metadata={
+    int4_weight_only_mem_eff: float = field(default=0.522, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV), "
-                  "fitted (family gpt-fast)"})
+                  "fitted with tinygemm's per-row term (tinygemm_row_wavefronts) in place (family gpt-fast; "
+                  "0.498 without it)"})
     moe_expert_mem_eff: float = field(default=1.0, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "cap on the bandwidth of the grouped expert GEMMs (they stream many small matrices); fitted on "
                   "the gpt-fast Mixtral-8x7B rows (family gpt-fast), where it went to the dense weight-streaming "
                   "efficiency: no MoE-specific penalty is visible, so 1.0 (experts stream like dense weights)"})
+    tinygemm_row_wavefronts: float = field(default=1.0 / 64.0, metadata={
+        "unit": "L1 wavefronts per weight element per activation row",
+        "source": "derived from PyTorch's tinygemm kernel (aten/src/ATen/native/cuda/int4mm.cu, the int4 GEMM "
+                  "gpt-fast calls): each thread block owns 8 output columns and walks K in 16-wide tiles, and "
+                  "re-loads every activation row it multiplies with two 4-byte loads per tile (ALayout_RM::load); "
+                  "rows lie in different cache lines, so each active row adds one L1 wavefront per load: 2 per "
+                  "8 x 16 weight tile and row = 1/64 per weight element and row, at one wavefront per SM per "
+                  "clock (GPUSpec.sm_clocks_per_s). The weights are dequantised once per 16-row tile, so this "
+                  "per-row term is what grows with rows (H100 device check: docs/VALIDATION.md)"})
+    flash_decoding_split_tokens: float = field(default=128.0, metadata={
+        "unit": "KV tokens per split, at least",
+        "source": "FlashAttention-2 split-KV decode (flash_api.cpp num_splits_heuristic): a split is at least "
+                  "one key block (kBlockN = 128 for head_dim 128); splits are added while the (sequence, KV "
+                  "head) work units fill less than one wave of SMs"})
+    int4_dequant_flops: float = field(default=4.0, metadata={
+        "unit": "FP32-pipe FLOP-equivalents per int4 element",
+        "source": "instruction count of the standard int4 -> 16-bit conversion (FasterTransformer's "
+                  "convert_i4x8: 4 LOP3 + 3 shifts + 4 HFMA2 per 8 values) plus one HFMA2 per 2 values for "
+                  "scale and zero: ~2 CUDA-core instructions per value, 4 FLOP-equivalents at the FP32 peak "
+                  "(an FMA counts 2); used for int4 KV caches in attention"})
     nccl_allreduce_latency_s: float = field(default=50e-6, metadata={
         "unit": "s per all-reduce",
         "source": "Vidur DGX-A100 NCCL all-reduce, 2/4/8 GPUs, messages >= 1 MiB: intercept of time vs "
@@ -274,15 +320,24 @@ class _Linear:
     gemm: bool                 # compute efficiency depends on rows (tokens)
     moe_experts: int = 0       # >0: weights of only the experts the batch touches are read
     moe_top_k: int = 0
+    row_s: float = 0.0         # seconds per activation row that do not shrink with batching (tinygemm int4)
 
 
 class CostModel:
-    """Prices iterations of one model replica (TP shard) on one GPU type."""
+    """Prices iterations of one model replica (TP shard) on one GPU type.
+
+    Variants (see docs/concepts/cost-model.md, "Variants"): ``flash_decoding`` (split-KV decode attention
+    that fills the SMs), ``sparsity="2:4"`` (sparse tensor cores), ``kv_dtype="int4"``, ``kv_eviction``
+    (decode attention over the retained KV only) and ``int4_kernel`` (tinygemm's per-row cost); the model's
+    own sliding-window, local/global and linear-attention layers are priced from its ModelSpec.
+    """
 
     def __init__(self, model: ModelSpec, gpu: GPUSpec, tp: int = 1, weight_dtype: str | None = None,
                  kv_dtype: str | None = None, engine: str | EngineProfile = "vllm",
                  act_dtype: str = "bf16", constants: KernelConstants | None = None,
-                 flash_attention: bool = True, allreduce: tuple[float, float] | None = None) -> None:
+                 flash_attention: bool = True, allreduce: tuple[float, float] | None = None,
+                 flash_decoding: bool = True, sparsity: str | None = None,
+                 kv_eviction: tuple[str, float, int] | None = None, int4_kernel: str | None = None) -> None:
         self.model, self.gpu, self.tp = model, gpu, tp
         # (bus bandwidth B/s, latency s) of the TP group's real all-reduce path when a placement knows it
         # (topologies.collectives.allreduce_params); None: the GPU's own scale-up link
@@ -299,7 +354,12 @@ class CostModel:
             constants = replace(constants, **self.engine.kernel_overrides)
         self.k = constants
         self.flash_attention = flash_attention
+        self.flash_decoding = flash_decoding
+        self.sparsity = sparsity
+        self.kv_eviction = tuple(kv_eviction) if kv_eviction is not None else None
+        self.int4_kernel = int4_kernel or INT4_KERNEL_BY_ENGINE.get(self.engine.name, "marlin")
         _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
+        _validate_variants(gpu, sparsity, self.kv_eviction, self.int4_kernel)
         ideal = self.engine.roofline_only
         self._ideal = ideal
         # without CUDA graphs the host launches every kernel: each costs at least the launch time
@@ -307,8 +367,9 @@ class CostModel:
                                          else max(constants.kernel_floor_s, self.engine.kernel_launch_s))
         self._knee = math.inf if ideal else constants.gemm_knee
         self._dec_seq = 0.0 if ideal else constants.attn_decode_seq_s
-        # decode attention is two kernels (split-KV partials, then their reduction); chunked prefill one
-        # varlen call with a fixed cost of its own and a cost per query token
+        # decode attention is one kernel, two when Flash-Decoding splits the KV (partials, then their reduction;
+        # `_decode_attention`); chunked prefill one varlen call with a fixed cost of its own and a cost per query
+        # token. _dec_floor (two kernels) is kept for sim.sequence_parallel's own decode formula.
         self._dec_floor = 2 * self._floor
         self._pre_floor = 0.0 if ideal else self._floor + constants.attn_prefill_floor_s
         self._pre_tok = 0.0 if ideal else constants.attn_prefill_token_s
@@ -335,19 +396,37 @@ class CostModel:
             eff = self.k.int8_weight_only_mem_eff          # fp8 weight-only (Marlin-style) on pre-Hopper parts
         return self.gpu.memory_bw * self._eff(eff)
 
+    @property
+    def sparse_weight_factor(self) -> float:
+        """Bytes of a 2:4-sparse weight matrix relative to dense: half the values plus 2 bits of index metadata
+        per kept value (NVIDIA's compressed format), i.e. 0.5 + 1 bit per original element (0.5625 at 16 bit)."""
+        if self.sparsity != "2:4":
+            return 1.0
+        return 0.5 + 1.0 / (8.0 * DTYPE_BYTES[self.weight_dtype])
+
+    def _row_time(self, elements: float) -> float:
+        """Seconds per activation row of a tinygemm int4 GEMM over `elements` weights (0 for other kernels)."""
+        rate = self.gpu.sm_clocks_per_s
+        if self._ideal or self.weight_dtype != "int4" or self.int4_kernel != "tinygemm" or not rate:
+            return 0.0
+        return elements * self.k.tinygemm_row_wavefronts / rate
+
     def _build_linear_ops(self) -> list[_Linear]:
         m, t = self.model, self.tp
-        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)  # g32 scales
+        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)  # group scales
         ab = DTYPE_BYTES[self.act_dtype]
         peak = self.gpu.peak_flops(self._compute_dtype())
         wbw = self._weight_bandwidth()
         ew_bw = self.gpu.memory_bw * self._eff(self.k.elementwise_mem_eff)
         h, L = m.hidden_size, m.num_layers
+        # 2:4 sparsity: the transformer blocks' GEMMs run at twice the tensor rate on half the weights (+ metadata)
+        sf = self.sparse_weight_factor
+        sparse_peak = peak * (2.0 if self.sparsity == "2:4" else 1.0)
         ops: list[_Linear] = []
 
         def gemm(name, count, k_in, n_out, kernels=1):
-            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb, (k_in + n_out) * ab, 0.0,
-                               peak, wbw, kernels, True))
+            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb * sf, (k_in + n_out) * ab,
+                               0.0, sparse_peak, wbw, kernels, True, row_s=self._row_time(k_in * n_out)))
 
         if m.attention_type == "mla":
             qkv_params = m.attention_params_per_layer - m.num_heads * m.v_head_dim * h
@@ -357,7 +436,7 @@ class CostModel:
             kv_heads = max(1, m.num_kv_heads // t) if m.num_kv_heads >= t else 1
             gemm("qkv_proj", L, h, (m.num_heads / t + 2 * kv_heads) * m.head_dim)
             gemm("o_proj", L, m.num_heads * m.head_dim / t, h)
-        mats = 2 if m.ffn_type == "gelu" else 3
+        mats = m.ffn_matrices
         dense_layers = m.num_dense_layers
         if dense_layers:
             inter = m.intermediate_size / t
@@ -370,8 +449,9 @@ class CostModel:
             e_inter = m.moe_intermediate_size / t
             expert_bw = self.gpu.memory_bw * self._eff(min(self.k.moe_expert_mem_eff, wbw / self.gpu.memory_bw))
             ops.append(_Linear("moe_experts", moe_layers, m.experts_per_token * 2.0 * mats * h * e_inter, 0.0,
-                               mats * h * e_inter * wb, m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
-                               peak, expert_bw, 3, True, m.num_experts, m.experts_per_token))
+                               mats * h * e_inter * wb * sf, m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
+                               sparse_peak, expert_bw, 3, True, m.num_experts, m.experts_per_token,
+                               row_s=self._row_time(m.experts_per_token * mats * h * e_inter)))
             shared = m.shared_expert_intermediate_size or m.num_shared_experts * m.moe_intermediate_size
             if shared:
                 gemm("moe_shared_expert", moe_layers, h, mats * shared / t, kernels=2)
@@ -400,14 +480,46 @@ class CostModel:
             prefill_flops = 2.0 * heads * (qk_dim + m.v_head_dim)            # per (query, key) pair
             decode_flops = 2.0 * heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim)   # absorbed MLA
             q_bytes = 2 * heads * qk_dim * ab
+            units = math.ceil(heads / MLA_HEADS_PER_CTA)
+            out_dim = m.kv_lora_rank
         else:
             prefill_flops = decode_flops = 4.0 * heads * m.head_dim
             q_bytes = 2 * heads * m.head_dim * ab
-        kv_tok = self.kv_bytes_per_token_per_gpu / m.num_layers
+            units = max(1, m.num_kv_heads // t) if m.num_kv_heads >= t else 1
+            out_dim = m.head_dim
+        softmax_layers = m.num_softmax_layers
+        kv_tok = self.kv_bytes_per_token_per_gpu / softmax_layers if softmax_layers else 0.0
         peak = self.gpu.peak_flops(self.act_dtype)
         bw = self.gpu.memory_bw
         # naive (non-flash) attention writes the score matrix and reads it back, once for softmax
         self._score_bytes = 0.0 if self.flash_attention else 2 * 2 * heads * ab
+        # --- variants: layer groups (count, window), occupancy, int4 KV dequantisation, eviction, linear layers
+        sliding = m.num_sliding_layers
+        self._groups = tuple((n, w) for n, w in ((softmax_layers - sliding, 0), (sliding, m.sliding_window or 0))
+                             if n)
+        sms = self.gpu.sms
+        self._sms = 0.0 if (self._ideal or not sms) else float(sms)
+        self._units = float(units)                                # decode work units per sequence (KV heads)
+        self._split_tokens = self.k.flash_decoding_split_tokens
+        self._partial = SPLIT_PARTIAL_FP32 * heads * (out_dim + 1)   # bytes per extra split per sequence
+        kv_elems = kv_tok / self._kv_elem_bytes if kv_tok else 0.0
+        fp32 = self.gpu.peak_tflops.get("fp32")
+        self._dq = (kv_elems * self.k.int4_dequant_flops / (fp32 * 1e12)
+                    if self.kv_dtype == "int4" and fp32 and not self._ideal else 0.0)   # seconds per KV token
+        ev = self.kv_eviction
+        self._evict_frac = float(ev[1]) if ev and ev[0] == "h2o" else 1.0
+        self._evict_budget = float(ev[2]) if ev and ev[0] == "streaming_llm" else 0.0
+        self._h2o_bytes = H2O_BYTES_PER_HEAD_TOKEN * heads if ev and ev[0] == "h2o" else 0.0
+        # linear attention: per token, S += k v^T and o = q S (4 d_k d_v FLOPs per head); per sequence and step,
+        # the fp32 state is read and written once
+        self._lin_layers = m.linear_attention_layers
+        self._lin_flops = 4.0 * m.linear_state_elements / t
+        self._lin_state = 2.0 * m.linear_state_elements / t * 4.0
+        d_rate, d_bw = peak, bw * self._eff(self.k.attn_decode_mem_eff)
+        # decode coefficients: seconds per KV token (compute, memory incl. H2O bookkeeping), per sequence (query
+        # read, output write), per extra split and sequence (partials), per KV token (int4 dequantisation)
+        self._dcoef = (decode_flops / d_rate, (kv_tok + self._h2o_bytes) / d_bw, q_bytes / d_bw,
+                       self._partial / d_bw, self._dq)
         return (prefill_flops, decode_flops, kv_tok, q_bytes,
                 peak * self._eff(self.k.attn_prefill_compute_eff), bw * self._eff(self.k.mem_eff),
                 peak, bw * self._eff(self.k.attn_decode_mem_eff))
@@ -441,25 +553,46 @@ class CostModel:
 
     # ----------------------------------------------------------------- memory
     @property
+    def _kv_elem_bytes(self) -> float:
+        """Bytes of one cached K/V element: the dtype, plus for int4 an fp16 scale and zero per head and token."""
+        if self.kv_dtype != "int4":
+            return DTYPE_BYTES[self.kv_dtype]
+        m = self.model
+        group = (m.kv_lora_rank + m.qk_rope_head_dim) if m.attention_type == "mla" else m.head_dim
+        return DTYPE_BYTES["int4"] + KV_INT4_GROUP_BYTES / group
+
+    @property
     def weight_bytes_per_gpu(self) -> float:
         """Weight bytes each GPU of the TP group holds (int4 includes its group scales; int4 checkpoints
-        keep the LM head in the activation dtype, as the step cost prices it)."""
+        keep the LM head in the activation dtype, as the step cost prices it; 2:4 sparsity shrinks the
+        transformer blocks' matrices to `sparse_weight_factor`)."""
         wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
         m = self.model
-        if self.weight_dtype == "int4":
-            head = m.lm_head_params
-            return ((m.total_params - head) * wb + head * DTYPE_BYTES[self.act_dtype]) / self.tp
-        return m.total_params * wb / self.tp
+        head = m.lm_head_params
+        head_wb = DTYPE_BYTES[self.act_dtype] if self.weight_dtype == "int4" else wb
+        sparse = 0.0
+        if self.sparsity:
+            sparse = (m.total_params - m.embedding_params - head - m.norm_params
+                      - m.num_moe_layers * m.router_params)
+        dense = m.total_params - head - sparse
+        return (dense * wb + sparse * wb * self.sparse_weight_factor + head * head_wb) / self.tp
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
-        """KV bytes one token occupies on each GPU of the TP group (KV heads are replicated when TP > heads)."""
+        """KV bytes one token occupies on each GPU of the TP group (KV heads are replicated when TP > heads);
+        softmax-attention layers only (linear-attention layers keep `linear_state_bytes_per_seq`)."""
         m = self.model
-        kb = DTYPE_BYTES[self.kv_dtype]
+        kb = self._kv_elem_bytes
         if m.attention_type == "mla":
             return m.kv_bytes_per_token(kb)                 # the latent is replicated on every rank
         shards = min(self.tp, m.num_kv_heads)
         return m.kv_bytes_per_token(kb) / shards
+
+    @property
+    def linear_state_bytes_per_seq(self) -> float:
+        """Fixed recurrent-state bytes (fp32) one sequence holds on each GPU across the linear-attention
+        layers, whatever its length (0 without such layers): what a memory planner reserves per sequence."""
+        return self.model.linear_state_bytes_per_seq(4.0) / self.tp
 
     # ----------------------------------------------------------------- pricing
     def _linear_time(self, tokens: int, sampled: int) -> float:
@@ -482,6 +615,9 @@ class CostModel:
         if rows <= 0:
             return OpCost(op.name, 0.0, 0.0, 0.0, "latency")
         tc = flops / (op.compute_peak * self._eff(self.k.gemm_compute_eff))
+        if op.row_s:
+            # tinygemm's per-row activation loads run beside the tensor cores: the slower of the two shows
+            tc = max(tc, rows * op.row_s)
         tm = nbytes / op.bandwidth
         floor = op.kernels * self._floor
         p = self._knee
@@ -493,20 +629,160 @@ class CostModel:
             bound = "latency"
         return OpCost(op.name, op.count * t, op.count * flops, op.count * nbytes, bound)
 
+    def linear_time(self, rows: int, k_in: float, n_out: float, kernels: int = 1) -> float:
+        """Seconds of one (k_in x n_out) weight GEMM over `rows` activation rows with this model's weight dtype,
+        bandwidth, knee, floor and int4 kernel: the pricing of every projection, exposed for kernel checks."""
+        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
+        ab = DTYPE_BYTES[self.act_dtype]
+        peak = self.gpu.peak_flops(self._compute_dtype()) * (2.0 if self.sparsity == "2:4" else 1.0)
+        op = _Linear("gemm", 1, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb * self.sparse_weight_factor,
+                     (k_in + n_out) * ab, 0.0, peak, self._weight_bandwidth(), kernels, True,
+                     row_s=self._row_time(k_in * n_out))
+        return self._op_cost(op, rows, rows).time_s
+
+    def _decode_attention(self, seqs, ctx, xp=None, detail: bool = False):
+        """Decode attention over all layers for `seqs` sequences with context sum `ctx` (sum of c + 1).
+
+        `ctx` is a number, or a numpy array when `xp` is numpy (`decode_run_times`); `_decode_scalar` is the
+        same arithmetic for one number, written out for speed: every path does the same float operations, so
+        they agree exactly. Per layer group (global / sliding-window layers): the KV read is the context,
+        min(ctx, seqs x window) for sliding layers (exact when every sequence is on one side of the window),
+        then the eviction policy's retained part; time = max(compute, memory, int4 dequantisation) / occupancy
+        + floors. Occupancy: work units = seqs x KV heads x KV splits fill waves of SMs
+        (units / (ceil(units / SMs) x SMs)); Flash-Decoding splits each sequence's KV while the units of one
+        wave leave SMs idle, never below `flash_decoding_split_tokens` per split.
+        """
+        if xp is None:
+            mn, mx, fl, ce = min, max, math.floor, math.ceil
+        else:
+            mn, mx, fl, ce = xp.minimum, xp.maximum, xp.floor, xp.ceil
+        d_tc, m1, m2, m3, dq = self._dcoef
+        total = 0.0
+        flops = nbytes = bound_c = bound_m = 0.0
+        sms = self._sms
+        for layers, window in self._groups:
+            c = mn(ctx, seqs * window) if window else ctx
+            if self._evict_budget:
+                c = mn(c, seqs * self._evict_budget)
+            if self._evict_frac != 1.0:
+                c = c * self._evict_frac
+            s = 1.0
+            occ = 1.0
+            if sms:
+                base = seqs * self._units
+                if self.flash_decoding:
+                    s = mx(1.0, mn(fl(sms / base), ce(c / seqs / self._split_tokens)))
+                units = base * s
+                occ = units / (ce(units / sms) * sms)
+            tc = c * d_tc
+            tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
+            body = mx(tc, tm)
+            if dq:
+                body = mx(body, c * dq)
+            # one kernel, plus the combine kernel when the KV is split
+            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_seq * seqs)
+            if detail:
+                by = tm * self._attn[7]
+                flops, nbytes = flops + layers * self._attn[1] * c, nbytes + layers * by
+                bound_c, bound_m = bound_c + tc, bound_m + tm
+        if self._lin_layers:
+            tc = self._lin_flops * seqs / self._attn[6]
+            tm = self._lin_state * seqs / self._attn[7]
+            total = total + self._lin_layers * (mx(tc, tm) + self._floor)
+            if detail:
+                flops = flops + self._lin_layers * self._lin_flops * seqs
+                nbytes = nbytes + self._lin_layers * self._lin_state * seqs
+                bound_c, bound_m = bound_c + tc, bound_m + tm
+        if detail:
+            return total, flops, nbytes, "compute" if bound_c >= bound_m else "memory"
+        return total
+
+    def _decode_scalar(self, seqs: int, ctx: int) -> float:
+        """`_decode_attention` for one step (hot path of `step_time`): the same operations, inlined."""
+        d_tc, m1, m2, m3, dq = self._dcoef
+        total = 0.0
+        sms = self._sms
+        for layers, window in self._groups:
+            c = ctx
+            if window:
+                w = seqs * window
+                c = c if c < w else w
+            if self._evict_budget:
+                w = seqs * self._evict_budget
+                c = c if c < w else w
+            if self._evict_frac != 1.0:
+                c = c * self._evict_frac
+            s = 1.0
+            occ = 1.0
+            if sms:
+                base = seqs * self._units
+                if self.flash_decoding:
+                    a, b = math.floor(sms / base), math.ceil(c / seqs / self._split_tokens)
+                    s = a if a < b else b
+                    s = s if s > 1.0 else 1.0
+                units = base * s
+                occ = units / (math.ceil(units / sms) * sms)
+            tc = c * d_tc
+            tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
+            body = tc if tc > tm else tm
+            if dq:
+                t = c * dq
+                body = body if body > t else t
+            k = s - 1.0
+            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0)) + self._dec_seq * seqs)
+        if self._lin_layers:
+            tc = self._lin_flops * seqs / self._attn[6]
+            tm = self._lin_state * seqs / self._attn[7]
+            total = total + self._lin_layers * ((tc if tc > tm else tm) + self._floor)
+        return total
+
+    def _prefill_attention(self, b: BatchShape, detail: bool = False):
+        """Prefill (chunked) attention over all layers; sliding layers see at most `window` keys per query:
+        pairs min(prefill_attn, tokens x W) and KV min(prefill_kv, seqs x W + tokens) (exact when every query
+        is on one side of the window)."""
+        pf, _, kv_tok, q_bytes, p_rate, p_bw, _, _ = self._attn
+        toks, seqs = b.prefill_tokens, b.prefill_seqs
+        total = flops = nbytes = bound_c = bound_m = 0.0
+        for layers, window in self._groups:
+            a, kv = b.prefill_attn, b.prefill_kv
+            if window:
+                a, kv = min(a, toks * window), min(kv, seqs * window + toks)
+            tc = pf * a / p_rate
+            by = kv * kv_tok + toks * q_bytes + a * self._score_bytes
+            tm = by / p_bw
+            body = max(tc, tm, kv * self._dq)
+            total += layers * (body + self._pre_floor + self._pre_tok * toks)
+            flops, nbytes = flops + layers * pf * a, nbytes + layers * by
+            bound_c, bound_m = bound_c + tc, bound_m + tm
+        if self._lin_layers:
+            # chunked linear attention: the state recurrence per token, the fp32 state read and written per sequence
+            tc = self._lin_flops * toks / p_rate
+            tm = self._lin_state * seqs / p_bw
+            total += self._lin_layers * (max(tc, tm) + self._floor)
+            flops += self._lin_layers * self._lin_flops * toks
+            nbytes += self._lin_layers * self._lin_state * seqs
+            bound_c, bound_m = bound_c + tc, bound_m + tm
+        if detail:
+            return total, flops, nbytes, "compute" if bound_c >= bound_m else "memory"
+        return total
+
+    def decode_attention_time(self, seqs: int, ctx_sum):
+        """Seconds of decode attention over all layers (a number, or a numpy array for an array `ctx_sum`):
+        the term `step_time` and `decode_run_times` add for `seqs` decoding sequences of context sum `ctx_sum`."""
+        if isinstance(ctx_sum, (int, float)):
+            return self._decode_scalar(seqs, ctx_sum)
+        import numpy as np
+        return self._decode_attention(seqs, np.asarray(ctx_sum, dtype=np.float64), np)
+
     def step_time(self, b: BatchShape) -> float:
         """Seconds for one iteration of batch `b`, engine overhead included."""
         if b.tokens == 0:
             return 0.0
         t = self._linear_time(b.tokens, b.sampled)
-        pf, df, kv_tok, q_bytes, p_rate, p_bw, d_rate, d_bw = self._attn
-        L = self.model.num_layers
         if b.prefill_seqs:
-            t += L * (max(pf * b.prefill_attn / p_rate, (b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes
-                                                         + b.prefill_attn * self._score_bytes) / p_bw)
-                      + self._pre_floor + self._pre_tok * b.prefill_tokens)
+            t += self._prefill_attention(b)
         if b.decode_seqs:
-            t += L * (max(df * b.decode_ctx / d_rate, (b.decode_ctx * kv_tok + b.decode_seqs * q_bytes) / d_bw)
-                      + self._dec_floor + self._dec_seq * b.decode_seqs)
+            t += self._decode_scalar(b.decode_seqs, b.decode_ctx)
         e = self.engine
         host = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
                 + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
@@ -522,35 +798,39 @@ class CostModel:
         import numpy as np
 
         base = self._linear_time(seqs, seqs)
-        _, df, kv_tok, q_bytes, _, _, d_rate, d_bw = self._attn
         ctx = ctx_sum + seqs * np.arange(steps, dtype=np.float64)
-        L = self.model.num_layers
-        attn = L * (np.maximum(df * ctx / d_rate, (ctx * kv_tok + seqs * q_bytes) / d_bw) + self._dec_floor
-                    + self._dec_seq * seqs)
+        attn = self._decode_attention(seqs, ctx, np)
         e = self.engine
         host = e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0 + e.per_token_overhead_s * seqs
         return np.maximum(base + attn, host) if e.async_scheduling else base + attn + host
 
+    def decode_run_list(self, seqs: int, ctx_sum: int, steps: int) -> list[float]:
+        """`decode_run_times` as a list of plain floats, computed without numpy (faster for a few steps): the
+        same operations on the same values, so the same times to the last bit."""
+        base = self._linear_time(seqs, seqs)
+        e = self.engine
+        host = e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0 + e.per_token_overhead_s * seqs
+        attn = self._decode_scalar
+        out = []
+        for i in range(steps):
+            t = base + attn(seqs, ctx_sum + seqs * float(i))
+            if e.async_scheduling:
+                t = t if t > host else host
+            else:
+                t = t + host
+            out.append(t)
+        return out
+
     def breakdown(self, b: BatchShape) -> list[OpCost]:
         """Per-op costs of one iteration (summed over layers), in execution order, for `estimate`."""
         rows = [self._op_cost(op, b.tokens, b.sampled) for op in self._ops]
-        pf, df, kv_tok, q_bytes, p_rate, p_bw, d_rate, d_bw = self._attn
-        L = self.model.num_layers
         attn_rows = []
         if b.prefill_seqs:
-            fl = pf * b.prefill_attn
-            by = b.prefill_kv * kv_tok + b.prefill_tokens * q_bytes + b.prefill_attn * self._score_bytes
-            tc, tm = fl / p_rate, by / p_bw
-            attn_rows.append(OpCost("attention_prefill", L * (max(tc, tm) + self._pre_floor
-                                                              + self._pre_tok * b.prefill_tokens),
-                                    L * fl, L * by, "compute" if tc >= tm else "memory"))
+            t, fl, by, bound = self._prefill_attention(b, detail=True)
+            attn_rows.append(OpCost("attention_prefill", t, fl, by, bound))
         if b.decode_seqs:
-            fl = df * b.decode_ctx
-            by = b.decode_ctx * kv_tok + b.decode_seqs * q_bytes
-            tc, tm = fl / d_rate, by / d_bw
-            attn_rows.append(OpCost("attention_decode", L * (max(tc, tm) + self._dec_floor
-                                                             + self._dec_seq * b.decode_seqs),
-                                    L * fl, L * by, "compute" if tc >= tm else "memory"))
+            t, fl, by, bound = self._decode_attention(b.decode_seqs, b.decode_ctx, detail=True)
+            attn_rows.append(OpCost("attention_decode", t, fl, by, bound))
         out = rows[:1] + attn_rows + rows[1:]
         if self._collective[3]:
             msg = b.tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
@@ -590,6 +870,24 @@ def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dty
         raise ConfigError(f"model.weight_dtype {weight_dtype!r} is not one of {', '.join(WEIGHT_DTYPES)}")
     if kv_dtype not in KV_DTYPES:
         raise ConfigError(f"model.kv_dtype {kv_dtype!r} is not one of {', '.join(KV_DTYPES)}")
+
+
+def _validate_variants(gpu: GPUSpec, sparsity: str | None, eviction: tuple | None, int4_kernel: str) -> None:
+    if sparsity is not None:
+        if sparsity not in SPARSITY:
+            raise ConfigError(f"model.sparsity {sparsity!r} is not one of {', '.join(SPARSITY)} (or null for dense)")
+        if not gpu.structured_sparsity:
+            raise ConfigError(f"model.sparsity '2:4' needs sparse tensor cores (NVIDIA Ampere or later, AMD CDNA3); "
+                              f"{gpu.name} has none: drop model.sparsity or pick such a GPU")
+    if eviction is not None:
+        ok = (len(eviction) == 3 and eviction[0] in KV_EVICTION_KINDS
+              and isinstance(eviction[1], (int, float)) and 0.0 < eviction[1] <= 1.0
+              and isinstance(eviction[2], int) and not isinstance(eviction[2], bool) and eviction[2] >= 1)
+        if not ok:
+            raise ConfigError(f"kv_eviction {eviction!r} must be (kind, retained_fraction, budget_tokens) with kind "
+                              f"in {', '.join(KV_EVICTION_KINDS)}, 0 < retained_fraction <= 1 and budget_tokens >= 1")
+    if int4_kernel not in INT4_KERNELS:
+        raise ConfigError(f"int4_kernel {int4_kernel!r} is not one of {', '.join(INT4_KERNELS)}")
 
 
 __all__ = ["BatchShape", "CostModel", "EngineProfile", "KernelConstants", "OpCost", "CONSTANTS", "HOPPER_OVERRIDES",

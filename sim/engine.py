@@ -20,6 +20,8 @@ give bit-identical timestamps (tests compare them).
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 from array import array
 from collections import deque
 from dataclasses import dataclass, field
@@ -30,10 +32,12 @@ import simpy
 from .cohort import DecodeCohort
 from .cost import BatchShape, CostModel
 from .kvcache import KVCacheManager
-from .request import FINISHED, PREEMPTED, REJECTED, RUNNING, SWAPPED, WAITING, Request
+from .request import FINISHED, KV_UNBOUNDED, PREEMPTED, REJECTED, RUNNING, SWAPPED, WAITING, Request
 
 # Longest fast-forward run, in steps: bounds the size of the vectorised pricing arrays.
 MAX_RUN_STEPS = 4096
+#: Runs up to this many steps are priced with plain floats (`CostModel.decode_run_list`), longer ones with numpy.
+SHORT_RUN = 48
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +80,8 @@ class ReplicaPolicies:
     swap: a `sim.swap.HostSwap` when preemption swaps KV to host memory (None: recompute);
     speculator: a speculative-decoding drafter (`policies.speculative`), None for plain decoding;
     tiers: `sim.kvtiers.KVTiers` (host / NVMe tiers below the GPU prefix cache), None without offload;
-    pipeline: the `sim.pipeline.Pipeline` this replica (a virtual engine) shares with the others of its PP replica.
+    pipeline: the `sim.pipeline.Pipeline` this replica (a virtual engine) shares with the others of its PP replica;
+    eviction: a token-eviction policy (`policies.kv_eviction`, ``cap(req) -> tokens``), None keeps all KV.
     """
 
     ordering: object = field(default_factory=_FCFS)
@@ -87,6 +92,7 @@ class ReplicaPolicies:
     speculator: object = None
     tiers: object = None
     pipeline: object = None
+    eviction: object = None
 
 
 class RequestLog:
@@ -203,6 +209,7 @@ class Replica:
         self.swap = p.swap
         self.spec = p.speculator
         self.tiers = p.tiers
+        self.eviction = p.eviction
         self.pipeline = p.pipeline
         self._copier = self.swap is not None or self.tiers is not None    # KV copies may be queued for a step
         if self.tiers is not None:
@@ -217,8 +224,11 @@ class Replica:
         self.cohort_idle = False            # set by a scheduler for a step in which the cohort does not decode
         self.clock = 0.0                    # exact end time of the last step (our own float, not env.now)
         self._wake = env.event()
-        self._run_ends: np.ndarray | None = None   # cumulative end times of an interruptible run
+        self._run_ends: list | None = None   # cumulative end times of an interruptible run
+        # the cost model's plain-float pricing of a short decode run, when it has one (wrappers may not)
+        self._run_list = getattr(cost, "decode_run_list", None)
         self._admitted = 0
+        self.extra_step_s = 0.0      # seconds added to the next step (inline multimodal encoding); see _take_extra
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
         # Arrivals up to this time may be scheduled at the current scheduling point. With async
         # scheduling the plan for the next step was made when the last step started, so requests that
@@ -248,6 +258,8 @@ class Replica:
             if self.on_finish is not None:
                 self.on_finish(req)       # the client hears the refusal at once
             return
+        if self.eviction is not None:
+            req.kv_cap = self.eviction.cap(req)
         if self.engine.enable_prefix_caching and req.segments is not None and not req.hashes:
             req.hashes = self.kv.block_hashes(req.segments, req.prompt_len)
         self.waiting.append(req)
@@ -282,6 +294,8 @@ class Replica:
         (contiguous allocation reserves `reserve_tokens` at once). False, changing nothing, when the pool is short."""
         if tokens < self.reserve_tokens:
             tokens = self.reserve_tokens
+        if tokens > req.kv_cap:
+            tokens = req.kv_cap
         # hit accounting counts prompts as sent, not a preempted request's recomputation
         return self.kv.allocate(req.id, tokens, req.hashes, hits, req.num_tokens, count=not req.preemptions)
 
@@ -301,6 +315,9 @@ class Replica:
         if req.first_scheduled < 0:
             req.first_scheduled = self.clock
             req.cached_tokens = hits + loaded
+            if req.encoder_s:             # its images are encoded on this replica, in this step
+                self.extra_step_s += req.encoder_s
+                req.encoder_s = 0.0
         elif not req.preloaded:
             req.recomputed_tokens += req.num_tokens - hits - loaded
         if loaded:
@@ -318,10 +335,15 @@ class Replica:
     def grow_kv(self, req: Request, tokens: int) -> bool:
         """Extend `req`'s KV blocks to hold `tokens` tokens (registering prompt blocks they fill for
         prefix caching); False, changing nothing, when the pool is short."""
+        cap = req.kv_cap
+        if tokens > cap:
+            tokens = cap
         if not self.kv.grow(req.id, tokens, req.hashes):
             return False
         bs = self.engine.block_size
         slots = -(-tokens // bs) * bs
+        if slots >= cap:
+            slots = KV_UNBOUNDED          # its blocks hold its whole budget: eviction makes room from now on
         if slots > req.kv_slots:
             req.kv_slots = slots
         return True
@@ -331,6 +353,8 @@ class Replica:
         if not self.kv.append_block(req.id):
             raise RuntimeError(f"no free KV block for request {req.id}; the caller must check the pool")
         req.kv_slots += self.engine.block_size
+        if req.kv_slots >= req.kv_cap:
+            req.kv_slots = KV_UNBOUNDED
 
     def preempt(self, req: Request) -> None:
         """Preempt a running request: swap its KV out to host memory when swap is configured and the host has
@@ -366,7 +390,7 @@ class Replica:
     def swap_in(self, req: Request, tokens: int) -> bool:
         """Bring the head of the swapped queue back: blocks for `tokens` tokens on the GPU and a host-to-GPU copy of
         what it had (paid at the start of the step). False, changing nothing, when the pool is short."""
-        if not self.kv.allocate(req.id, tokens, count=False):
+        if not self.kv.allocate(req.id, min(tokens, req.kv_cap), count=False):
             return False
         self.swapped.popleft()
         self.swap.release(req.swapped_blocks)
@@ -379,7 +403,8 @@ class Replica:
         req.state = RUNNING
         req.seq = self._admitted
         self._admitted += 1
-        req.kv_slots = self.kv.num_blocks_of(req.id) * self.engine.block_size
+        slots = self.kv.num_blocks_of(req.id) * self.engine.block_size
+        req.kv_slots = KV_UNBOUNDED if slots >= req.kv_cap else slots
         self.running.append(req)
         if self._live:
             self.explicit.append(req)
@@ -424,15 +449,22 @@ class Replica:
             yield from self._speculative_step(batch, start)
             return
         shape = self._shape(self, batch) if self._shape is not None else _shape_of(batch)
+        work = self.cost.step_time(shape) + self._take_extra()
         if self.pipeline is not None:
-            end = self.pipeline.run(start, self.cost.step_time(shape), shape.tokens)
+            end = self.pipeline.run(start, work, shape.tokens)
         else:
-            end = start + self.cost.step_time(shape)
+            end = start + work
         yield env.timeout(end - env.now)
         dt = end - self.clock
         self.clock = end
         self.visible_until = start if self.engine.async_scheduling else end
         self._finish_step(batch, dt, end)
+
+    def _take_extra(self) -> float:
+        """Work added to this step beyond the batch's model pass (a multimodal encoder run inline), then reset."""
+        extra = self.extra_step_s
+        self.extra_step_s = 0.0
+        return extra
 
     def _copies_pending(self) -> bool:
         return (self.swap is not None and self.swap.pending) or (self.tiers is not None and self.tiers.pending)
@@ -472,7 +504,7 @@ class Replica:
             else:
                 shape.add_prefill(n, c, c + n == req.num_tokens)
             plain.append((req, n))
-        dt = self.cost.step_time(shape)
+        dt = self.cost.step_time(shape) + self._take_extra()
         if speculating:
             dt += spec.draft_time(len(speculating), draft_ctx)
         end = start + dt
@@ -652,6 +684,8 @@ class Replica:
             yield from self._flush_copies()
             start = max(start, self.env.now)
         end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
+        if self.extra_step_s:
+            end += self._take_extra()
         yield self.env.timeout(end - self.env.now)
         dt = end - prev
         self.clock = end
@@ -686,53 +720,71 @@ class Replica:
         env = self.env
         cohort = self.cohort
         seqs = cohort.size
-        times = self.cost.decode_run_times(seqs, cohort.ctx, k)
-        full = np.cumsum(np.concatenate(([self.clock], times)))      # the run's start, then each step's end
-        ends = full[1:]
+        clock = self.clock
+        if k <= SHORT_RUN and self._run_list is not None:
+            # a short run (the usual one under steady arrivals): plain floats beat a dozen numpy calls
+            times = self._run_list(seqs, cohort.ctx, k)
+            ends = []
+            t = clock
+            for x in times:
+                t = t + x
+                ends.append(t)
+        else:
+            arr = self.cost.decode_run_times(seqs, cohort.ctx, k)
+            # cumsum adds sequentially, as the loop above does: both paths give the same end times
+            ends = np.cumsum(np.concatenate(([clock], arr)))[1:].tolist()
+            times = arr.tolist()
         self._run_ends = ends
         try:
             yield env.timeout(ends[-1] - env.now)
             done = k
         except simpy.Interrupt:
-            j = int(np.searchsorted(ends, env.now, side="left"))
+            j = bisect_left(ends, env.now)
             done = min(j + self._lag, k)
             yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         kv = self.kv
-        for _, _, req in cohort.pop_due_blocks(cohort.tick + done):
-            self.append_kv_block(req)      # _cohort_run_length guaranteed the pool holds them all
+        due = cohort.pop_due_blocks(cohort.tick + done)
+        if due:
+            # _cohort_run_length guaranteed the pool holds them all
+            members = [entry[2] for entry in due]
+            kv.append_blocks([req.id for req in members])
+            bs = self.engine.block_size
+            for req in members:
+                slots = req.kv_slots + bs
+                req.kv_slots = slots if slots < req.kv_cap else KV_UNBOUNDED
         cohort.advance(done)
-        times = times[:done]
         st = self.steps
         st.iterations += done
-        st.busy_s += float(times.sum())
+        st.busy_s += sum(times[:done])
         st.batch_sum += done * seqs
         st.tokens += done * seqs
-        end = ends.item(done - 1)
+        end = ends[done - 1]
         prev, n, late = cohort.emitted(end)
-        if n == seqs and prev == self.clock:
+        if n == seqs and prev == clock:
             # the usual case: everyone's last token came out at the run's start, so every gap is one step
-            st.itl.extend((full[1:done + 1] - full[:done]).tolist())
+            gaps = [ends[0] - clock]
+            gaps += [ends[i] - ends[i - 1] for i in range(1, done)]
+            st.itl.extend(gaps)
             st.itl_weight.extend([seqs] * done)
         else:
-            st.add_gaps(ends.item(0), prev, n, late)   # the first step's gaps start at each member's last token
+            st.add_gaps(ends[0], prev, n, late)   # the first step's gaps start at each member's last token
             if done > 1:
-                st.itl.extend((ends[1:done] - ends[:done - 1]).tolist())
+                st.itl.extend([ends[i] - ends[i - 1] for i in range(1, done)])
                 st.itl_weight.extend([seqs] * (done - 1))
         usage = kv.usage
         if usage > st.peak_kv_usage:
             st.peak_kv_usage = usage
         if self.step_records is not None:
             self._record_run(ends[:done], seqs)
-        last_start = ends.item(done - 2) if done >= 2 else self.clock
+        last_start = ends[done - 2] if done >= 2 else clock
         self.visible_until = last_start if self.engine.async_scheduling else end
         self.clock = end
         for req in cohort.pop_finished():
             self._complete(req, end)
 
-    def _record_run(self, ends: np.ndarray, seqs: int) -> None:
+    def _record_run(self, e: list, seqs: int) -> None:
         """Step records of a fast-forwarded run (called before `clock` moves to its end)."""
-        e = ends.tolist()
         n = len(e)
         self.step_records.extend(zip([self.clock] + e[:-1], e, [seqs] * n, [seqs] * n))
 
@@ -766,6 +818,10 @@ def request_from_spec(spec) -> Request:
     req = Request(spec.request_id, spec.arrival_s, spec.input_tokens, spec.output_tokens, spec.segments,
                   spec.session_id, spec.stage, spec.tenant, spec.priority, spec.slo_ttft_s, spec.slo_tpot_s)
     req.output_key = spec.output_key
+    if spec.images is not None:
+        req.images = spec.images
+    req.difficulty = spec.difficulty
+    req.cache_hit = spec.cache_hit
     return req
 
 

@@ -1,17 +1,22 @@
 """`estimate`: price one prefill or decode iteration and explain it op by op.
 
 This is the capacity planner's first question ("how long does one step of this model take on this
-GPU, and why") as a function; `servesim estimate` prints the same thing.
+GPU, and why") as a function; `servesim estimate` prints the same thing. With `offload` (a
+`sim.weight_offload.Placement`) a model larger than the GPU is priced with its weights / KV streamed
+from host memory or disk instead of refused; every estimate carries the energy per token at the
+device's TDP (`sim.energy`), which is what an edge device's single-user decode is judged by.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from .cost import BatchShape, CostModel, OpCost
+from .energy import device_power_w, energy_per_token_j, is_unified_memory
 from .errors import ConfigError
 from .hardware import GPUSpec, get_gpu
 from .memory import MemoryPlan, plan_memory
 from .models import ModelSpec, get_model
+from .weight_offload import OffloadedCostModel, OffloadHardware, Placement
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,22 @@ class Estimate:
     kv_fits: bool
     peak_flops: float
     peak_bw: float
+    power_w: float | None = None        # TDP (or the power given); None when the catalogue has none
+    unified_memory: bool = False        # edge SoC: CPU and GPU share one DRAM
+    offload: dict | None = None         # the placement and where its bytes go, when offloaded
+
+    @property
+    def energy_j(self) -> float | None:
+        """Energy of the iteration at `power_w` (the TDP model: busy at TDP)."""
+        return None if self.power_w is None else self.power_w * self.latency_s
+
+    @property
+    def energy_j_per_token(self) -> float | None:
+        """Joules per token: prompt tokens for prefill, generated tokens for decode."""
+        if self.power_w is None:
+            return None
+        tokens = self.batch * (self.prompt_len if self.phase == "prefill" else 1)
+        return energy_per_token_j(self.power_w, self.latency_s, tokens)
 
     @property
     def bound(self) -> str:
@@ -78,16 +99,26 @@ class Estimate:
                        "usable_gb": mem.usable_gb, "kv_gb": mem.kv_gb,
                        "kv_bytes_per_token": mem.kv_bytes_per_token, "max_kv_tokens": mem.max_kv_tokens,
                        "num_blocks": mem.num_blocks, "kv_fits": self.kv_fits},
+            "energy": {"power_w": self.power_w, "energy_j": self.energy_j,
+                       "energy_j_per_token": self.energy_j_per_token, "unified_memory": self.unified_memory},
+            "energy_j_per_token": self.energy_j_per_token, "power_w": self.power_w,
+            "offload": self.offload,
         }
 
 
 def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: int = 1,
              prompt_len: int | None = None, context: int | None = None, phase: str | None = None,
              weight_dtype: str | None = None, kv_dtype: str | None = None, engine: str = "vllm",
-             gpu_memory_utilization: float = 0.9, flash_attention: bool = True) -> Estimate:
+             gpu_memory_utilization: float = 0.9, flash_attention: bool = True,
+             offload: Placement | str | None = None, offload_hardware: OffloadHardware | None = None,
+             power_w: float | None = None) -> Estimate:
     """Price one iteration: prefill of `batch` prompts of `prompt_len` new tokens each (after `context`
     cached tokens, 0 by default), or decode of `batch` sequences at `context` tokens. Raises
-    DeploymentError only if the weights do not fit."""
+    DeploymentError only if the weights do not fit (on the GPU, or, with `offload`, in the GPU's share).
+
+    `offload`: a `Placement` (or its text form, "gpu=0.2,cpu=0.8") of weights / KV across GPU, host and
+    disk, priced by `sim.weight_offload.OffloadedCostModel` on `offload_hardware` (default: the GPU's
+    host link, catalogue host DRAM and NVMe). `power_w` replaces the device's TDP for the energy figures."""
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     dev = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     phase = phase or ("prefill" if prompt_len is not None else "decode")
@@ -109,6 +140,10 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
         raise ConfigError(f"--phase must be prefill or decode, got {phase!r}")
     cost = CostModel(spec, dev, tp=tp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
                      flash_attention=flash_attention)
+    base = cost
+    if offload is not None:
+        placement = Placement.parse(offload) if isinstance(offload, str) else offload
+        cost = OffloadedCostModel(cost, placement, offload_hardware)
     # Refuse only a replica whose weights cannot be loaded; a batch too large for the memory left
     # (its KV, or its profiling activations) is still priced and flagged kv_fits=False.
     plan_memory(cost, gpu_memory_utilization, max_num_batched_tokens=1, max_num_seqs=1, block_size=16)
@@ -116,7 +151,21 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
                       max_num_seqs=batch, block_size=16, strict=False)
     ops = cost.breakdown(shape)
     latency = sum(o.time_s for o in ops)
+    blocks_needed = batch * -(-ctx_tokens // mem.block_size)       # whole blocks per sequence
+    kv_fits = blocks_needed <= mem.num_blocks
+    off = None
+    if isinstance(cost, OffloadedCostModel):
+        p, lc = cost.placement, cost.layer_cost(shape)
+        capacity = cost.kv_capacity_tokens(mem.kv_gb * 1e9)
+        kv_fits = blocks_needed * mem.block_size <= capacity
+        off = {"placement": {k: getattr(p, k) for k in ("weights_gpu", "weights_cpu", "weights_disk", "kv_gpu",
+                                                        "kv_cpu", "kv_disk", "act_gpu", "act_cpu", "cpu_attention",
+                                                        "overlap", "gpu_batch")},
+               "pcie_gbps": cost.hw.pcie_bw / 1e9, "disk_read_gbps": cost.hw.disk_read_bw / 1e9,
+               "h2d_bytes": lc.h2d_bytes * cost.layers, "h2d_s": lc.h2d * cost.layers,
+               "transfer_bound": max(lc.h2d, lc.d2h, lc.disk_read, lc.disk_write) > max(lc.gpu, lc.cpu),
+               "kv_capacity_tokens": capacity, "full_weights_gb": base.weight_bytes_per_gpu / 1e9}
     return Estimate(spec.name, dev.name, tp, phase, batch, prompt_len, context, cost.weight_dtype, cost.kv_dtype,
                     cost.engine.name, latency, sum(o.flops for o in ops), sum(o.bytes for o in ops), ops, mem,
-                    kv_fits=batch * -(-ctx_tokens // mem.block_size) <= mem.num_blocks,   # whole blocks per sequence
-                    peak_flops=dev.peak_flops(cost._compute_dtype()), peak_bw=dev.memory_bw)
+                    kv_fits=kv_fits, peak_flops=dev.peak_flops(base._compute_dtype()), peak_bw=dev.memory_bw,
+                    power_w=device_power_w(dev, power_w), unified_memory=is_unified_memory(dev), offload=off)

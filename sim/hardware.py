@@ -46,6 +46,9 @@ class GPUSpec:
     tdp_w: float | None = None
     price_per_hour: float | None = None        # USD per GPU-hour; users override in config
     gpus_per_node: int = 8                     # GPUs in the usual server of this part (HGX: 8)
+    sms: int | None = None                     # streaming multiprocessors (AMD: compute units); None = unknown
+    boost_clock_mhz: float | None = None       # SM boost clock; None = unknown
+    structured_sparsity: bool = False          # tensor cores run 2:4 sparse GEMMs at twice the dense rate
     form_factor: str = ""
     source: str = ""                           # datasheet URL(s)
     notes: str = ""
@@ -58,6 +61,18 @@ class GPUSpec:
             if v:
                 return v * 1e12
         raise KeyError(f"{self.name} has no {dtype} peak")
+
+    @property
+    def sm_clocks_per_s(self) -> float | None:
+        """SMs x clock (SM-cycles per second): the rate of per-SM pipelines that issue once per clock, such as
+        the L1 load path. Without a catalogued clock it is derived from the FP32 peak assuming 128 FP32 lanes
+        per SM (Ampere GA10x, Ada, Hopper, Blackwell); None when the SM count is unknown."""
+        if not self.sms:
+            return None
+        if self.boost_clock_mhz:
+            return self.sms * self.boost_clock_mhz * 1e6
+        fp32 = self.peak_tflops.get("fp32")
+        return fp32 * 1e12 / 256.0 if fp32 else None
 
     @property
     def memory_bw(self) -> float:
@@ -171,6 +186,16 @@ def _count(v: Any) -> int:
     return v
 
 
+def _optional_count(v: Any) -> int | None:
+    return None if v is None else _count(v)
+
+
+def _flag(v: Any) -> bool:
+    if not isinstance(v, bool):
+        raise ValueError(f"must be true or false, got {v!r}")
+    return v
+
+
 def _peaks(v: Any) -> dict[str, float]:
     if not isinstance(v, Mapping) or not v:
         raise ValueError(f"must be a non-empty mapping dtype -> TFLOP/s (dtypes: {', '.join(DTYPE_BYTES)})")
@@ -209,6 +234,9 @@ _GPU_SCHEMA: dict[str, tuple[bool, Callable[[Any], Any]]] = {
     "tdp_w": (False, _number(optional=True)),
     "price_per_hour": (False, _number(strict=False, optional=True)),
     "gpus_per_node": (False, _count),
+    "sms": (False, _optional_count),
+    "boost_clock_mhz": (False, _number(optional=True)),
+    "structured_sparsity": (False, _flag),
     "form_factor": (False, _text(required=False)),
     "source": (True, _text(required=True)),
     "notes": (False, _text(required=False)),

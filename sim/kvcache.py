@@ -266,6 +266,30 @@ class KVCacheManager:
             self.peak_used_blocks = used
         return True
 
+    def append_blocks(self, req_ids: Sequence[int]) -> None:
+        """``append_block`` for each of `req_ids`, in order (a fast-forwarded run's block boundaries); the caller
+        checked that the pool holds them all."""
+        free = self._free
+        popitem = free.popitem
+        bhash = self._hash
+        ref = self._ref
+        owned = self._req_blocks
+        hook = self.evict_hook
+        for rid in req_ids:
+            b = popitem(last=False)[0]
+            h = bhash[b]
+            if h is not None:
+                del self._cache[h]
+                bhash[b] = None
+                self.evictions += 1
+                if hook is not None:
+                    hook(h)
+            ref[b] = 1
+            owned[rid].append(b)
+        used = self.num_blocks - len(free)     # nothing is freed in between: the last count is the peak
+        if used > self.peak_used_blocks:
+            self.peak_used_blocks = used
+
     def free(self, req_id: int, hashes: Sequence[int] = ()) -> None:
         """Release every block of ``req_id``. Full blocks with a hash in ``hashes`` are registered
         first, so a preempted request's generated tokens stay cacheable for its resumption."""

@@ -34,11 +34,17 @@ class ModelSpec:
     intermediate_size: int          # dense FFN width (also MoE layers' width when moe_intermediate_size is 0)
     vocab_size: int
     max_position_embeddings: int
-    ffn_type: str = "swiglu"        # "swiglu" | "geglu" (3 matrices) | "gelu" (2 matrices)
+    ffn_type: str = "swiglu"        # "swiglu" | "geglu" (3 matrices) | "gelu" | "relu" (2 matrices)
     attention_type: str = "gqa"     # "mha" | "gqa" | "mqa" | "mla"
     qkv_bias: bool = False
+    linear_bias: bool = False       # every projection, FFN matrix and LayerNorm has a bias (OPT, GPT-2)
     tie_word_embeddings: bool = False
+    learned_positions: int = 0      # rows of a learned absolute position table (OPT: 2048 + offset 2); 0 = RoPE
     sliding_window: int | None = None
+    global_attention_every: int = 0  # with sliding_window: every n-th layer attends globally (Gemma-2: 2); 0 = none
+    # linear attention (a fixed-size recurrent state per sequence instead of a growing KV cache)
+    linear_attention_layers: int = 0   # layers whose mixer is linear attention (their KV bytes per token: 0)
+    linear_state_dim: int = 0          # key dimension of one head's d_k x d_v state (0 = head_dim)
     # MoE
     num_experts: int = 0            # routed experts (0 = dense)
     experts_per_token: int = 0      # top-k
@@ -81,8 +87,8 @@ class ModelSpec:
 
     @property
     def ffn_matrices(self) -> int:
-        """Weight matrices per FFN: gated (SwiGLU/GeGLU) FFNs have gate, up and down; plain GELU two."""
-        return 2 if self.ffn_type == "gelu" else 3
+        """Weight matrices per FFN: gated (SwiGLU/GeGLU) FFNs have gate, up and down; plain GELU/ReLU two."""
+        return 2 if self.ffn_type in ("gelu", "relu") else 3
 
     @property
     def moe_width(self) -> int:
@@ -106,14 +112,17 @@ class ModelSpec:
         q_out = nh * self.head_dim
         kv_out = self.num_kv_heads * self.head_dim
         params = h * q_out + 2 * h * kv_out + q_out * h
-        if self.qkv_bias:
+        if self.qkv_bias or self.linear_bias:
             params += q_out + 2 * kv_out
+        if self.linear_bias:
+            params += h                                  # o_proj bias
         return float(params)
 
     @property
     def dense_ffn_params(self) -> float:
-        """One dense FFN of width ``intermediate_size``."""
-        return float(self.ffn_matrices * self.hidden_size * self.intermediate_size)
+        """One dense FFN of width ``intermediate_size`` (with biases when ``linear_bias``)."""
+        bias = (self.ffn_matrices - 1) * self.intermediate_size + self.hidden_size if self.linear_bias else 0
+        return float(self.ffn_matrices * self.hidden_size * self.intermediate_size + bias)
 
     @property
     def expert_params(self) -> float:
@@ -135,19 +144,20 @@ class ModelSpec:
 
     @property
     def embedding_params(self) -> float:
-        """Parameters of the input embedding (vocabulary x hidden size)."""
-        return float(self.vocab_size * self.hidden_size)
+        """Parameters of the input embedding (vocabulary x hidden size, plus a learned position table)."""
+        return float((self.vocab_size + self.learned_positions) * self.hidden_size)
 
     @property
     def lm_head_params(self) -> float:
         """0 when tied: the head reuses the embedding matrix, so its weights are stored once."""
-        return 0.0 if self.tie_word_embeddings else self.embedding_params
+        return 0.0 if self.tie_word_embeddings else float(self.vocab_size * self.hidden_size)
 
     @property
     def norm_params(self) -> float:
-        """All RMSNorm/LayerNorm weights: two per layer (Gemma-2: four) plus the final norm."""
+        """All RMSNorm/LayerNorm weights: two per layer (Gemma-2: four) plus the final norm; LayerNorms
+        with a bias (``linear_bias``) have twice as many."""
         per_layer = 4 if self.architecture.startswith("Gemma2") else 2
-        return float((per_layer * self.num_layers + 1) * self.hidden_size)
+        return float((per_layer * self.num_layers + 1) * self.hidden_size * (2 if self.linear_bias else 1))
 
     def _layer_stack_params(self, experts: int) -> float:
         moe_ffn = experts * self.expert_params + self.shared_expert_params + self.router_params
@@ -167,14 +177,44 @@ class ModelSpec:
         return (self.embedding_params + self.lm_head_params + self.norm_params
                 + self._layer_stack_params(self.experts_per_token))
 
+    # --- attention layer kinds -------------------------------------------------------------------
+
+    @property
+    def num_softmax_layers(self) -> int:
+        """Layers with softmax attention over a KV cache (all but the linear-attention ones)."""
+        return self.num_layers - self.linear_attention_layers
+
+    @property
+    def num_sliding_layers(self) -> int:
+        """Softmax layers that attend only to the last ``sliding_window`` tokens (local layers).
+
+        Mistral-7B v0.1: all of them; Gemma-2 (``global_attention_every: 2``): every other one.
+        """
+        if not self.sliding_window:
+            return 0
+        n = self.num_softmax_layers
+        return n - n // self.global_attention_every if self.global_attention_every else n
+
+    @property
+    def linear_state_elements(self) -> float:
+        """Elements of one sequence's recurrent state in one linear-attention layer: heads x d_k x d_v."""
+        return float(self.num_heads * (self.linear_state_dim or self.head_dim) * self.head_dim)
+
+    def linear_state_bytes_per_seq(self, dtype_bytes: float = 4.0) -> float:
+        """Fixed state bytes one sequence holds across the linear-attention layers (fp32 by default, as
+        the recurrent kernels accumulate it); independent of context length, 0 without such layers."""
+        return self.linear_attention_layers * self.linear_state_elements * dtype_bytes
+
     def kv_bytes_per_token(self, dtype_bytes: float = 2.0) -> float:
-        """KV-cache bytes one token occupies across all layers.
+        """KV-cache bytes one token occupies across all (softmax-attention) layers.
 
         MLA caches the compressed latent plus the shared RoPE key (vLLM's layout), not per-head K/V.
+        Linear-attention layers keep a fixed state instead (`linear_state_bytes_per_seq`).
         """
+        layers = self.num_softmax_layers
         if self.attention_type == "mla":
-            return float((self.kv_lora_rank + self.qk_rope_head_dim) * self.num_layers * dtype_bytes)
-        return float(2 * self.num_kv_heads * self.head_dim * self.num_layers * dtype_bytes)
+            return float((self.kv_lora_rank + self.qk_rope_head_dim) * layers * dtype_bytes)
+        return float(2 * self.num_kv_heads * self.head_dim * layers * dtype_bytes)
 
 # Parameter counts, KV bytes per token, loading and lookup follow below.
 
@@ -221,8 +261,14 @@ def _check_spec(spec: ModelSpec, where: str) -> ModelSpec:
             raise CatalogError(f"{where}: '{f}' must be positive, got {getattr(spec, f)}")
     if spec.num_heads % spec.num_kv_heads:
         raise CatalogError(f"{where}: num_heads {spec.num_heads} is not a multiple of num_kv_heads {spec.num_kv_heads}")
-    if spec.ffn_type not in ("swiglu", "geglu", "gelu"):
-        raise CatalogError(f"{where}: ffn_type must be swiglu, geglu or gelu, got '{spec.ffn_type}'")
+    if spec.ffn_type not in ("swiglu", "geglu", "gelu", "relu"):
+        raise CatalogError(f"{where}: ffn_type must be swiglu, geglu, gelu or relu, got '{spec.ffn_type}'")
+    if spec.learned_positions < 0 or spec.global_attention_every < 0 or spec.linear_state_dim < 0:
+        raise CatalogError(f"{where}: learned_positions, global_attention_every and linear_state_dim must be >= 0")
+    if not 0 <= spec.linear_attention_layers <= spec.num_layers:
+        raise CatalogError(f"{where}: linear_attention_layers must be in 0..num_layers ({spec.num_layers})")
+    if spec.sliding_window is not None and spec.sliding_window < 1:
+        raise CatalogError(f"{where}: sliding_window must be >= 1 or null, got {spec.sliding_window}")
     if spec.attention_type not in ("mha", "gqa", "mqa", "mla"):
         raise CatalogError(f"{where}: attention_type must be mha, gqa, mqa or mla, got '{spec.attention_type}'")
     if spec.attention_type == "mla" and not (spec.kv_lora_rank and spec.qk_rope_head_dim and spec.v_head_dim):
@@ -444,7 +490,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             head_dim = _int(cfg, "qk_nope_head_dim") + _int(cfg, "qk_rope_head_dim")
         else:
             head_dim = _int(cfg, "head_dim", h // heads)
-        inter = _int(cfg, "intermediate_size", 4 * h)
+        inter = _int(cfg, "intermediate_size") or _int(cfg, "ffn_dim") or 4 * h     # OPT: ffn_dim
         # MoE: each family names the same things differently.
         experts = _int(cfg, "num_local_experts") or _int(cfg, "num_experts") or _int(cfg, "n_routed_experts")
         moe_inter = _int(cfg, "moe_intermediate_size")
@@ -482,11 +528,13 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
         if model_type.startswith("gemma"):
             ffn = "geglu"
         elif model_type in _UNGATED_MODEL_TYPES:
-            ffn = "gelu"
+            act = str(cfg.get("activation_function") or cfg.get("hidden_act") or "gelu").lower()
+            ffn = "relu" if act == "relu" else "gelu"
         else:
             ffn = "swiglu"
         qkv_bias = bool(cfg.get("attention_bias", False)) or model_type in ("qwen2", "qwen2_moe")
-        tie_default = model_type.startswith("gemma")             # Gemma configs omit it and tie by default
+        # Gemma and OPT configs omit it and tie by default
+        tie_default = model_type.startswith("gemma") or model_type == "opt"
         tie = top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", tie_default))
         quant = top.get("quantization_config") or cfg.get("quantization_config")
         dtype = _quant_weight_dtype(quant) if isinstance(quant, dict) else None
@@ -495,6 +543,11 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
                               or top.get("dtype") or "bfloat16")
             dtype = _TORCH_DTYPES.get(torch_dtype.removeprefix("torch."), "bf16")
         max_pos = _int(cfg, "max_position_embeddings") or _int(cfg, "seq_length") or 4096
+        # OPT learns absolute positions, with its table offset by 2 rows (OPTLearnedPositionalEmbedding)
+        learned = max_pos + 2 if model_type == "opt" else 0
+        linear_bias = bool(cfg.get("enable_bias", True)) if model_type == "opt" else False
+        # Gemma-2 alternates local and global layers; Gemma-3 names the period sliding_window_pattern
+        global_every = 2 if model_type == "gemma2" else _int(cfg, "sliding_window_pattern")
         spec = ModelSpec(
             name=name,
             hf_id=str(top.get("_name_or_path") or name),
@@ -511,7 +564,10 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             attention_type=attention,
             qkv_bias=qkv_bias,
             tie_word_embeddings=bool(tie),
+            linear_bias=linear_bias,
+            learned_positions=learned,
             sliding_window=int(sliding) if sliding else None,
+            global_attention_every=global_every if sliding else 0,
             num_experts=experts,
             experts_per_token=_int(cfg, "num_experts_per_tok") if experts else 0,
             moe_intermediate_size=moe_inter if experts else 0,

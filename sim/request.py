@@ -17,6 +17,9 @@ from __future__ import annotations
 WAITING, RUNNING, PREEMPTED, FINISHED = "waiting", "running", "preempted", "finished"
 SWAPPED = "swapped"      # preempted by swap: its KV sits in host memory until it is swapped back in
 REJECTED = "rejected"    # refused at arrival by admission control
+#: A KV capacity that never runs out: a request under token eviction whose blocks hold its whole budget gets
+#: ``kv_slots = KV_UNBOUNDED`` (new tokens overwrite evicted slots; no block is ever added again).
+KV_UNBOUNDED = 1 << 50
 
 
 class Request:
@@ -26,7 +29,7 @@ class Request:
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
                  "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick",
                  "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key", "swapped_blocks", "preloaded", "last_token",
-                 "kv_transfer_s", "prefill_replica")
+                 "kv_transfer_s", "prefill_replica", "images", "difficulty", "cache_hit", "encoder_s", "model", "kv_cap")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
                  session_id: str | None = None, stage: int = 0, tenant: str | None = None, priority: int = 0,
@@ -63,6 +66,12 @@ class Request:
         self.preloaded = 0              # prompt tokens whose KV arrived from elsewhere (a prefill instance)
         self.kv_transfer_s = 0.0        # time its KV spent moving between instances (PD disaggregation)
         self.prefill_replica = -1       # the instance that ran its prompt, when not this one
+        self.images = None              # ((image id, encoder tokens), ...) of a multimodal prompt (workload)
+        self.difficulty = None          # a difficulty score in [0, 1] for cascade routing (workload / trace)
+        self.cache_hit = None           # a result-cache hit flag given by the trace (None: the cache decides)
+        self.encoder_s = 0.0            # encoder work the replica runs in the step that first schedules it
+        self.model = None               # which model served it, in a multi-model deployment
+        self.kv_cap = KV_UNBOUNDED      # most tokens of KV it may hold (token eviction: policies.kv_eviction)
 
     @property
     def is_decoding(self) -> bool:

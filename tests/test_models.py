@@ -25,6 +25,8 @@ REQUIRED_KEYS = {
     "codellama-34b", "mistral-7b", "mistral-nemo-12b", "mixtral-8x7b", "mixtral-8x22b", "qwen2.5-7b",
     "qwen2.5-72b", "qwen3-14b", "qwen3-30b-a3b", "qwen3-235b-a22b", "deepseek-v3", "phi-3-mini",
     "gemma-2-9b", "yi-34b", "llama-4-scout-17b-16e", "llama-3.2-1b", "llama-3.2-3b",
+    # the OPT family (ReLU FFN, learned positions) for the FlexGen offloading checks
+    "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "opt-175b",
 }
 
 # Transcribed from /work/shared/reference/models.csv (total_params_b, active_params_b,

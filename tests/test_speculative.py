@@ -296,5 +296,6 @@ def test_gpt_fast_speculative_point_at_the_documented_acceptance():
     assert measured_verify.tokens_per_step == pytest.approx(3.961, abs=1e-3)
     assert abs(measured_verify.error) < TARGET_ERROR
     cost_only = gpt_fast_point(verify="cost-model")
-    assert 0 < cost_only.error < 0.30
+    # with tinygemm's per-row cost in the cost model (sim.cost, int4_kernel) the point needs no measured input
+    assert abs(cost_only.error) < TARGET_ERROR
     assert cost_only.draft_s == pytest.approx(4 * cost_only.refill_s / ACCEPTANCE_K4[-1], rel=0.01)

@@ -53,6 +53,13 @@ class RequestSpec:
     # later prompt containing them (the next turn of a conversation: segments + ((output_key, n), ...))
     # hits the prefix cache. None: its output is not reused.
     output_key: Hashable | None = None
+    # Multimodal inputs as ((image id, encoder tokens), ...): the same id is the same image (encoder cache).
+    # Their tokens are part of input_tokens. None: a text-only prompt.
+    images: tuple[tuple[Hashable, int], ...] | None = None
+    # A difficulty score in [0, 1] (cascade routing to small / medium / large models); None: not given.
+    difficulty: float | None = None
+    # A result-cache hit flag from the trace (None: the cache's own hit model decides).
+    cache_hit: bool | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -136,7 +143,8 @@ class ArrayWorkload(Workload):
                  output_keys_for: Callable[[int, int], Sequence[Hashable | None]] | None = None,
                  session_codes: np.ndarray | None = None, session_names: Sequence[str] | None = None,
                  max_model_len: int | None = None, dropped: int = 0,
-                 class_codes: np.ndarray | None = None, classes: Sequence[ClassTag] | None = None) -> None:
+                 class_codes: np.ndarray | None = None, classes: Sequence[ClassTag] | None = None,
+                 difficulty: np.ndarray | None = None, cache_hit: np.ndarray | None = None) -> None:
         n = len(arrival_s)
         if not (len(input_tokens) == len(output_tokens) == n):
             raise ValueError("arrival_s, input_tokens and output_tokens must have the same length")
@@ -154,6 +162,8 @@ class ArrayWorkload(Workload):
         self.expected_count = n
         self.class_codes = None if class_codes is None else np.asarray(class_codes, dtype=np.int64)
         self.classes = list(classes) if classes is not None else []
+        self.difficulty = difficulty          # per-row score (NaN = none), for cascade routing
+        self.cache_hit = cache_hit            # per-row result-cache flag (-1 = none, 0 miss, 1 hit)
 
     def set_classes(self, codes: np.ndarray, classes: Sequence[ClassTag]) -> None:
         """Tag every row with a request class (``codes`` index ``classes``; -1 = untagged)."""
@@ -179,6 +189,8 @@ class ArrayWorkload(Workload):
             segl = seg_for(lo, hi) if seg_for is not None else None
             okeys = self._output_keys_for(lo, hi) if self._output_keys_for is not None else None
             cls = self.class_codes[lo:hi].tolist() if self.class_codes is not None else None
+            dif = self.difficulty[lo:hi].tolist() if self.difficulty is not None else None
+            hit = self.cache_hit[lo:hi].tolist() if self.cache_hit is not None else None
             for j in range(hi - lo):
                 segs = segl[j] if segl is not None else None
                 if segs is not None and cut[j]:
@@ -200,6 +212,10 @@ class ArrayWorkload(Workload):
                     spec = RequestSpec(lo + j, arr[j], inp[j], out[j], segs, sid, stg[j])
                 if okeys is not None:
                     spec.output_key = okeys[j]
+                if dif is not None and dif[j] == dif[j]:
+                    spec.difficulty = dif[j]
+                if hit is not None and hit[j] >= 0:
+                    spec.cache_hit = bool(hit[j])
                 yield spec
 
 

@@ -9,6 +9,10 @@ Built in: ``poisson`` and ``synthetic`` (below), ``shared_prefix`` (`workloads.s
 child stream (see `workloads.base.component_rng`), so the same seed gives the same requests, bit
 for bit.
 
+Requests carry images when the config has ``images:`` (`workloads.multimodal`): the factory builds the
+text stream unclipped, the images are drawn and appended, and ``max_model_len`` then shortens the text
+(never an image). A factory with ``handles_images = True`` (the trace) does this itself.
+
 Most workloads are iterables of `RequestSpec` in arrival order. Closed-loop clients and
 conversations paced ``after_finish`` depend on when their requests finish, so they are SimPy
 processes instead: ``workload.process(env, submit)`` submits specs, and the engine calls
@@ -33,6 +37,7 @@ from .classes import draw_classes
 from .closed_loop import closed_loop_workload
 from .config import PoissonWorkload, SyntheticWorkload, WorkloadConfig
 from .lengths import LengthPair, sample_lengths
+from .multimodal import with_images
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(WorkloadConfig)
 
@@ -104,4 +109,7 @@ def build_workload(cfg: Any, seed: int | np.random.SeedSequence,
     """
     cfg = parse_workload_config(cfg)
     factory = get("workload", cfg.type)
-    return factory(cfg, seed, max_model_len)
+    images = getattr(cfg, "images", None)
+    if images is None or getattr(factory, "handles_images", False):
+        return factory(cfg, seed, max_model_len)
+    return with_images(factory(cfg, seed, None), images, seed, max_model_len)

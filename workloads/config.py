@@ -33,7 +33,8 @@ A workload is chosen by ``type``::
                arrival: {process: poisson, rate: 8, num_requests: 1000}}
 
 Every kind also takes ``classes:``, request classes (tenant, priority, TTFT/TPOT SLOs) that tag
-its requests. Unknown keys are errors. Constructors validate and never read files (files are read
+its requests. ``poisson``, ``shared_prefix``, ``synthetic`` and ``trace`` take ``images:`` (multimodal
+requests, `workloads.multimodal`), e.g. ``images: {per_request: 1, tokens_per_image: 576, distinct_images: 500}``. Unknown keys are errors. Constructors validate and never read files (files are read
 by `workloads.build.build_workload`).
 """
 from __future__ import annotations
@@ -75,7 +76,27 @@ class _WithClasses(_Model):
         return self
 
 
-class PoissonWorkload(_WithClasses):
+class ImagesConfig(_Model):
+    """Images (or audio clips) attached to requests, their tokens added to the prompt (`workloads.multimodal`)."""
+
+    per_request: PositiveInt = Field(1, description="Images per request that has images.")
+    tokens_per_image: PositiveInt = Field(
+        576, description="Prompt tokens each image adds (576: LLaVA-1.5's CLIP ViT-L/14 at 336 px).")
+    distinct_images: PositiveInt | None = Field(
+        None, description="Images are drawn from a pool of this many (repeats hit the encoder cache); "
+                          "None: every image is new.")
+    fraction: float = Field(1.0, gt=0, le=1, description="Share of requests that carry images.")
+    popularity: Literal["uniform", "zipf"] = Field(
+        "uniform", description="How images are drawn from the pool: uniformly, or Zipf (image k with weight k^-zipf_s).")
+    zipf_s: PositiveFloat = Field(1.0, description="Zipf exponent of the pool's popularity (popularity: zipf).")
+
+
+class _WithImages(_Model):
+    images: ImagesConfig | None = Field(
+        None, description="Attach images to requests (multimodal serving); their tokens are added to the prompt.")
+
+
+class PoissonWorkload(_WithClasses, _WithImages):
     """Poisson arrivals in constant-rate stages, lengths from distributions."""
 
     type: Literal["poisson"] = Field(description="Workload kind.")
@@ -84,7 +105,7 @@ class PoissonWorkload(_WithClasses):
     output_len: LengthDist = Field(description="Output length distribution (tokens).")
 
 
-class SharedPrefixWorkload(_WithClasses):
+class SharedPrefixWorkload(_WithClasses, _WithImages):
     """Poisson arrivals drawing prompts from a pool of system prompt x user question pairs.
 
     The parameters of inference-perf's shared-prefix data: prompt i of the pool is system
@@ -101,7 +122,7 @@ class SharedPrefixWorkload(_WithClasses):
     output_len: PositiveInt = Field(description="Output tokens of every request.")
 
 
-class SyntheticWorkload(_WithClasses):
+class SyntheticWorkload(_WithClasses, _WithImages):
     """Any open-loop arrival process with lengths from distributions, optionally behind shared system prompts."""
 
     type: Literal["synthetic"] = Field(description="Workload kind.")
@@ -181,7 +202,7 @@ class TimeWindow(_Model):
         return self
 
 
-class TraceWorkload(_WithClasses):
+class TraceWorkload(_WithClasses, _WithImages):
     """Replay a recorded trace in one of the registered formats, with optional transformations.
 
     Transformations run in this order: length filter, time window, sampling, rate scaling, time
@@ -212,6 +233,8 @@ class TraceWorkload(_WithClasses):
         None, description="Arrival process to use instead of the trace's times (needed by traces without times); "
                           "rows are used in order and cycled if there are fewer than arrivals.")
     shuffle: bool = Field(False, description="With arrival: take rows in a seeded random order instead of file order.")
+    image_tokens: PositiveInt = Field(
+        576, description="Tokens of each image of a trace with an image_ids column but no image_tokens column.")
 
 
 WorkloadConfig = Annotated[

@@ -46,7 +46,7 @@ from .validate import Locator, check_times, count_values, counts, first, numeric
 
 PARQUET = (".parquet", ".pq")
 CSV_COLUMNS = ("arrival_time_s", "input_tokens", "output_tokens", "prompt_id", "prefix_group", "prefix_len",
-               "session_id", "stage_index", "tenant")
+               "session_id", "stage_index", "tenant", "difficulty", "cache_hit")
 _UNIT = {"s": 1.0, "ms": 1e-3, "us": 1e-6}
 
 Codes = tuple[np.ndarray, list]
@@ -75,6 +75,8 @@ class TraceTable:
     hash_ids: tuple[np.ndarray, np.ndarray] | None = None
     block_tokens: int = 512
     copy: np.ndarray | None = None
+    difficulty: np.ndarray | None = None      # float64 in [0, 1]; NaN = not given (cascade routing)
+    cache_hit: np.ndarray | None = None       # int8: 1 / 0 = the result cache hits / misses, -1 = not given
     notes: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -106,7 +108,8 @@ class TraceTable:
         return replace(self, input_tokens=self.input_tokens[idx], output_tokens=self.output_tokens[idx],
                        arrival_s=a(self.arrival_s), stage=a(self.stage), prompt=c(self.prompt), group=c(self.group),
                        prefix_len=a(self.prefix_len), session=c(self.session), tenant=c(self.tenant), hash_ids=hids,
-                       copy=a(self.copy), notes=list(self.notes))
+                       copy=a(self.copy), difficulty=a(self.difficulty), cache_hit=a(self.cache_hit),
+                       notes=list(self.notes))
 
 
 # ----------------------------------------------------------------------------- reading files
@@ -209,8 +212,41 @@ def load_csv(path: str | os.PathLike, *, columns: dict[str, str] | None = None, 
         prompt=factorize(df["prompt_id"]) if "prompt_id" in df.columns else None,
         group=factorize(df["prefix_group"]) if plen is not None else None, prefix_len=plen,
         session=factorize(df["session_id"], as_str=True) if "session_id" in df.columns else None,
-        tenant=factorize(df["tenant"], as_str=True) if "tenant" in df.columns else None)
+        tenant=factorize(df["tenant"], as_str=True) if "tenant" in df.columns else None,
+        difficulty=_difficulty(df, loc) if "difficulty" in df.columns else None,
+        cache_hit=_cache_hit(df, loc) if "cache_hit" in df.columns else None)
     return _finish(table, sort)
+
+
+def _difficulty(df: pd.DataFrame, loc: Locator) -> np.ndarray:
+    """The optional `difficulty` column: a score in [0, 1] per row (empty = not given)."""
+    d = numeric(df, "difficulty", loc)
+    if (i := first(~np.isnan(d) & ((d < 0) | (d > 1)))) is not None:
+        raise TraceError(f"{loc(i, 'difficulty')}: value {d[i]} is outside [0, 1]; give a score between 0 and 1")
+    return d
+
+
+_TRUE, _FALSE = {"1", "true", "yes", "hit"}, {"0", "false", "no", "miss"}
+
+
+def _cache_hit(df: pd.DataFrame, loc: Locator) -> np.ndarray:
+    """The optional `cache_hit` column: true/false, 1/0 (empty = let the cache decide) as int8 1 / 0 / -1."""
+    out = np.full(len(df), -1, dtype=np.int8)
+    for i, v in enumerate(df["cache_hit"].tolist()):
+        if v is None or (isinstance(v, float) and v != v) or (isinstance(v, str) and not v.strip()):
+            continue
+        key = str(v).strip().lower()
+        if isinstance(v, (bool, np.bool_)):
+            key = "1" if v else "0"
+        elif isinstance(v, (int, float, np.integer, np.floating)):
+            key = "1" if v == 1 else "0" if v == 0 else key
+        if key in _TRUE:
+            out[i] = 1
+        elif key in _FALSE:
+            out[i] = 0
+        else:
+            raise TraceError(f"{loc(i, 'cache_hit')}: value {v!r} is not a hit flag; use true/false or 1/0")
+    return out
 
 
 @register("trace_format", "vidur")

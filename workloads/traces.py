@@ -24,6 +24,11 @@ Prompt identity (``segments``):
 * neither: None (a unique prompt).
 
 Rows with the same (prompt_id, prefix_group, prefix_len, input_tokens) share one tuple object.
+
+Images (csv format): optional columns ``image_ids`` and ``image_tokens`` (`workloads.multimodal.trace_images`)
+ride through every transformation; copies made by rate scaling get their own image ids.
+``input_tokens`` counts the image tokens; ``max_model_len`` shortens the text, never an image. The
+workload's synthetic ``images:`` option adds images to a trace without image columns.
 Every problem is a one-line `TraceError` naming the file, the row, the column and the fix.
 """
 from __future__ import annotations
@@ -43,6 +48,7 @@ from .classes import draw_classes, match_tenants
 from .config import TraceWorkload
 from .formats import TraceTable, load_table, read_frame
 from .lengths import length_mask
+from .multimodal import trace_images, trace_workload_images, with_images
 from .validate import Locator as _Locator  # noqa: F401  (kept for callers of the old private names)
 from .validate import arrivals as _arrivals  # noqa: F401
 from .validate import counts as _counts  # noqa: F401
@@ -86,7 +92,8 @@ def table_workload(table: TraceTable, *, max_model_len: int | None = None, dropp
         seg_for = _namespaced(seg_for, table.copy)
     ses_codes, ses_names = table.session if table.session is not None else (None, None)
     w = TraceStream(table.arrival_s, inp, table.output_tokens, stage=table.stage, segments_for=seg_for,
-                    session_codes=ses_codes, session_names=ses_names, max_model_len=max_model_len, dropped=dropped)
+                    session_codes=ses_codes, session_names=ses_names, max_model_len=max_model_len, dropped=dropped,
+                    difficulty=table.difficulty, cache_hit=table.cache_hit)
     w.source = table.source
     w.notes = list(table.notes)
     return w
@@ -97,11 +104,25 @@ def load_trace(path: str | os.PathLike, *, time_scale: float = 1.0, max_requests
     """Read, validate and wrap a servesim CSV / Parquet trace (see `workloads.formats` for the columns)."""
     if not time_scale > 0:
         raise TraceError(f"trace {path}: time_scale must be > 0 (got {time_scale})")
-    table, dropped = drop_empty(load_table(path, "csv"))
+    table, dropped = drop_empty(_with_trace_images(load_table(path, "csv")))
     if max_requests is not None and max_requests < len(table):
         table = table.take(np.arange(max_requests))
     table.arrival_s = table.arrival_s * time_scale
+    if getattr(table, "images", None) is not None:
+        return trace_workload_images(table_workload(table, dropped=dropped), table, max_model_len)
     return table_workload(table, max_model_len=max_model_len, dropped=dropped)
+
+
+def _with_trace_images(table: TraceTable, cfg: TraceWorkload | None = None) -> TraceTable:
+    """`table` carrying its file's image columns (an `ImageTraceTable`), or unchanged when it has none."""
+    if cfg is None:
+        return trace_images(table) or table
+    found = trace_images(table, columns=cfg.columns, time_unit=cfg.time_unit, sort=cfg.sort,
+                         default_tokens=cfg.image_tokens)
+    if found is not None and cfg.images is not None:
+        raise TraceError(f"trace {table.source}: the file has image columns and the workload has 'images:'; "
+                         f"remove one of them")
+    return found or table
 
 
 def transform(table: TraceTable, cfg: TraceWorkload, seed: int | np.random.SeedSequence) -> TraceTable:
@@ -167,9 +188,14 @@ def trace_workload(cfg: TraceWorkload, seed: int | np.random.SeedSequence | None
     seed = 0 if seed is None else seed
     table = load_table(cfg.path, cfg.format, columns=cfg.columns, time_unit=cfg.time_unit,
                        need_time=cfg.arrival is None, sort=cfg.sort)
-    table, dropped = drop_empty(table)
+    table, dropped = drop_empty(_with_trace_images(table, cfg))
     table = transform(table, cfg, seed)
-    w = table_workload(table, max_model_len=max_model_len, dropped=dropped)
+    if getattr(table, "images", None) is not None:
+        w = trace_workload_images(table_workload(table, dropped=dropped), table, max_model_len)
+    elif cfg.images is not None:
+        w = with_images(table_workload(table, dropped=dropped), cfg.images, seed, max_model_len)
+    else:
+        w = table_workload(table, max_model_len=max_model_len, dropped=dropped)
     tagged = None
     if table.tenant is not None:
         tagged = match_tenants(cfg.classes, *table.tenant)
@@ -178,6 +204,9 @@ def trace_workload(cfg: TraceWorkload, seed: int | np.random.SeedSequence | None
     if tagged is not None:
         w.set_classes(*tagged)
     return w
+
+
+trace_workload.handles_images = True     # build_workload: images come from the file or cfg.images, here
 
 
 # ----------------------------------------------------------------------------- segments

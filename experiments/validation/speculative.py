@@ -20,13 +20,15 @@ histogram: P(accepted = 0..4) = 0.143, 0.062, 0.078, 0.124, 0.593, mean 2.96 acc
 (3.96 tokens per step), the mean of an i.i.d. alpha = 0.883 (`ACCEPTANCE_K4`; `THIRD_PARTY_RUNS` cites
 it). That is the documented acceptance. The table also sweeps alpha over 0.70-0.85.
 
-What the cost model misses: the same log has K=1 and K=4 runs with six drafts each and the 70B alone
-on the same machine, so the verification cost relative to a one-token target step can be read off
-without touching the 48.4 point: step - (K + P_all) x draft step = (1 + a + b K) x target step, with
-b = 0.091 per draft token (a = -0.02), i.e. verifying 5 int4 positions costs ~1.34 target decode steps,
-where `sim.cost` prices 1.03 (its int4 weight-only GEMM costs the same at 5 rows as at 1). The
-``measured-verify`` rows use that ratio times the cost model's decode step; the ``cost-model`` rows
-use the cost model alone.
+Verification cost: the same log has K=1 and K=4 runs with six drafts each and the 70B alone on the
+same machine, so the verification cost relative to a one-token target step can be read off without
+touching the 48.4 point: step - (K + P_all) x draft step = (1 + a + b K) x target step, with b = 0.091
+per draft token (a = -0.02), i.e. verifying 5 int4 positions costs ~1.34 target decode steps. `sim.cost`
+prices ~1.5: gpt-fast's int4 GEMM (tinygemm) re-loads every activation row per 8-column weight tile, a
+cost per row derived from the kernel source (`KernelConstants.tinygemm_row_wavefronts`, checked on H100
+int4 GEMMs in docs/VALIDATION.md), not fitted to this point. Without that term (Marlin-style kernels) it
+priced 1.03 and the prediction was 25% high. The ``measured-verify`` rows use the measured ratio times
+the cost model's decode step; the ``cost-model`` rows use the cost model alone.
 """
 from __future__ import annotations
 
