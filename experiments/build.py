@@ -44,7 +44,7 @@ class ReplicaPlan:
 
 
 def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None = None,
-                     allreduce: tuple[float, float] | None = None) -> CostModel:
+                     allreduce: tuple[float, float] | None = None, alltoall=None) -> CostModel:
     """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
     profile; `allreduce` = (bus bandwidth B/s, latency s) of the placement's real path, when known."""
     model = get_model(cfg.model.name)
@@ -62,12 +62,21 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
                      kv_dtype=cfg.model.kv_dtype, engine=cfg.engine.profile,
                      allreduce=allreduce if sp == 1 else None, flash_decoding=cfg.engine.flash_decoding,
                      sparsity=cfg.model.sparsity, int4_kernel=cfg.model.int4_kernel,
-                     kv_eviction=eviction.cost_terms() if eviction is not None else None)
+                     kv_eviction=eviction.cost_terms() if eviction is not None else None,
+                     expert_parallel=_expert_parallel(par, tp), expert_skew=par.expert_load_skew, alltoall=alltoall)
     if cfg.offload is not None or cfg.powerinfer is not None:
         cost = offloaded_cost(cfg, cost)
     if sp > 1:
         cost = sequence_parallel_cost(cost, par, allreduce)
     return cost
+
+
+def _expert_parallel(par, tp: int) -> bool:
+    """EP on (ep == tp > 1) or off (ep == 1); any other degree is refused (EP spans the replica's TP GPUs)."""
+    if par.ep not in (1, tp):
+        raise ConfigError(f"parallelism.ep={par.ep}: expert parallelism spreads the experts over the replica's TP "
+                          f"GPUs; use ep: 1 or ep: {tp} (= tp)")
+    return par.ep > 1
 
 
 _HARDWARE_KEYS = ("host_memory_gb", "disk", "disk_gb", "disk_read_gbps", "disk_write_gbps", "host_memory",

@@ -55,6 +55,12 @@ class ParallelismConfig(_Model):
     tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
     pp: PositiveInt = Field(1, description="Pipeline-parallel stages (each a TP group; layers split evenly). vLLM "
                                            "keeps pp batches in flight, one per virtual engine.")
+    ep: PositiveInt = Field(1, description="Expert parallelism for MoE models: 1 (experts sliced by TP) or equal to tp "
+                                           "(vLLM's --enable-expert-parallel: whole experts spread over the TP GPUs, "
+                                           "tokens dispatched and combined by two all-to-alls per MoE layer).")
+    expert_load_skew: float = Field(1.0, ge=1.0, description="Under EP, the busiest GPU's share of the tokens' expert "
+                                                             "work over the mean (1 = perfectly balanced; EPLB aims "
+                                                             "for it).")
     sp: PositiveInt = Field(1, description="Sequence (context) parallel degree for long prompts: each of sp TP groups "
                                            "holds 1/sp of every sequence's KV and computes 1/sp of its tokens; the "
                                            "replica spans tp x sp GPUs (which may span nodes).")

@@ -61,7 +61,7 @@ from sim.kvcache import KVCacheManager
 from sim.links import FlowNetwork
 from sim.request import FINISHED, REJECTED, Request
 from sim.pipeline import Pipeline
-from topologies import GroupRequest, allreduce_params, build_cluster, default_cluster, p2p_time, place
+from topologies import GroupRequest, allreduce_params, alltoall_time, build_cluster, default_cluster, p2p_time, place
 
 from .build import ReplicaPlan, build_cost_model, build_policies, build_scheduler, plan_replica
 from .config import ModelConfig, RunConfig
@@ -150,7 +150,8 @@ class Deployment:
         for name, count, tp, pp, gpu, _ in groups:
             gcfg = group_cfgs.get(name, cfg)
             mine = [p for p in placements if p.group == name]
-            cost = build_cost_model(gcfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp))
+            cost = build_cost_model(gcfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp),
+                                    alltoall=self._alltoall(mine[0].stages[0], gcfg, tp))
             plan = plan_replica(gcfg, cost, plan_rng, pp=pp)
             pool_log = self.prefill_log if name == "prefill" else log
             if name in escalating:
@@ -298,6 +299,15 @@ class Deployment:
         if one_node and spec.scaleup and spec.scaleup != "nvlink-bridge":
             return None
         return allreduce_params(self.cluster, gpus)
+
+    def _alltoall(self, gpus, cfg: RunConfig, tp: int):
+        """EP's all-to-all on the placement's real paths (`topologies.collectives.alltoall_time`, with the configured
+        expert-load skew), or None without expert parallelism."""
+        par = cfg.parallelism if cfg.deployment is None else cfg.deployment.parallelism
+        if par.ep <= 1 or tp <= 1:
+            return None
+        cluster, group, skew = self.cluster, list(gpus), par.expert_load_skew
+        return lambda nbytes: alltoall_time(cluster, group, nbytes, skew)
 
     def _pipeline(self, placement, cost) -> Pipeline:
         """The stages of one PP replica, with the activations' point-to-point time between consecutive stages."""

@@ -27,6 +27,8 @@ cached by (tokens, sampled sequences), and attention is priced from two sums in 
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import math
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
@@ -321,6 +323,7 @@ class _Linear:
     moe_experts: int = 0       # >0: weights of only the experts the batch touches are read
     moe_top_k: int = 0
     row_s: float = 0.0         # seconds per activation row that do not shrink with batching (tinygemm int4)
+    ep: int = 1                # >1: whole experts spread over ep GPUs; the busiest GPU's touched experts are read
 
 
 class CostModel:
@@ -337,8 +340,18 @@ class CostModel:
                  act_dtype: str = "bf16", constants: KernelConstants | None = None,
                  flash_attention: bool = True, allreduce: tuple[float, float] | None = None,
                  flash_decoding: bool = True, sparsity: str | None = None,
-                 kv_eviction: tuple[str, float, int] | None = None, int4_kernel: str | None = None) -> None:
+                 kv_eviction: tuple[str, float, int] | None = None, int4_kernel: str | None = None,
+                 expert_parallel: bool = False, expert_skew: float = 1.0,
+                 alltoall: "Callable[[float], float] | None" = None) -> None:
         self.model, self.gpu, self.tp = model, gpu, tp
+        # expert parallelism: each GPU of the TP group holds num_experts / tp whole experts (instead of a 1/tp slice
+        # of every expert); a MoE layer dispatches each token's hidden state to its top-k experts' GPUs and combines
+        # the results back, two all-to-alls that replace the layer's FFN all-reduce; the hottest GPU gets
+        # `expert_skew` x the mean expert load. `alltoall(bytes_per_gpu) -> s` prices one all-to-all on the
+        # placement's path (topologies.collectives.alltoall_time); None: the GPU's scale-up link.
+        self.expert_parallel = bool(expert_parallel) and model.is_moe and tp > 1
+        self.expert_skew = expert_skew
+        self._alltoall = alltoall
         # (bus bandwidth B/s, latency s) of the TP group's real all-reduce path when a placement knows it
         # (topologies.collectives.allreduce_params); None: the GPU's own scale-up link
         self.allreduce = allreduce
@@ -360,6 +373,8 @@ class CostModel:
         self.int4_kernel = int4_kernel or INT4_KERNEL_BY_ENGINE.get(self.engine.name, "marlin")
         _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
         _validate_variants(gpu, sparsity, self.kv_eviction, self.int4_kernel)
+        if expert_parallel:
+            _validate_expert_parallel(model, tp, expert_skew)
         ideal = self.engine.roofline_only
         self._ideal = ideal
         # without CUDA graphs the host launches every kernel: each costs at least the launch time
@@ -448,10 +463,17 @@ class CostModel:
                                h * ab, 0.0, peak, self.gpu.memory_bw * self._eff(self.k.mem_eff), 1, True))
             e_inter = m.moe_intermediate_size / t
             expert_bw = self.gpu.memory_bw * self._eff(min(self.k.moe_expert_mem_eff, wbw / self.gpu.memory_bw))
-            ops.append(_Linear("moe_experts", moe_layers, m.experts_per_token * 2.0 * mats * h * e_inter, 0.0,
-                               mats * h * e_inter * wb * sf, m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
+            # the hottest GPU's share of the token work: 1/tp of every token's experts under TP (every GPU computes a
+            # slice of every expert), skew/ep of them under EP (whole experts, unevenly loaded)
+            work = 1.0
+            if self.expert_parallel:
+                e_inter, work = m.moe_intermediate_size, self.expert_skew / t
+            ops.append(_Linear("moe_experts", moe_layers, work * m.experts_per_token * 2.0 * mats * h * e_inter, 0.0,
+                               mats * h * e_inter * wb * sf,
+                               work * m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
                                sparse_peak, expert_bw, 3, True, m.num_experts, m.experts_per_token,
-                               row_s=self._row_time(m.experts_per_token * mats * h * e_inter)))
+                               row_s=self._row_time(work * m.experts_per_token * mats * h * e_inter),
+                               ep=t if self.expert_parallel else 1))
             shared = m.shared_expert_intermediate_size or m.num_shared_experts * m.moe_intermediate_size
             if shared:
                 gemm("moe_shared_expert", moe_layers, h, mats * shared / t, kernels=2)
@@ -544,12 +566,32 @@ class CostModel:
         return small, large, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
 
     def _allreduce_time(self, tokens: int) -> float:
-        """Both all-reduces of every layer (after attention and after the FFN) for `tokens` rows."""
+        """Both all-reduces of every layer (after attention and after the FFN) for `tokens` rows; under expert
+        parallelism a MoE layer's FFN all-reduce is replaced by its dispatch and combine all-to-alls."""
         small, large, limit, per_byte = self._collective
         if not per_byte:
             return 0.0
         msg = tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
-        return 2 * self.model.num_layers * ((small if msg <= limit else large) + msg * per_byte)
+        one = (small if msg <= limit else large) + msg * per_byte
+        if self.expert_parallel:
+            m = self.model
+            return (m.num_layers + m.num_dense_layers) * one + m.num_moe_layers * 2 * self._ep_alltoall(tokens)
+        return 2 * self.model.num_layers * one
+
+    def _ep_alltoall(self, tokens: int) -> float:
+        """One EP all-to-all: each GPU sends its 1/tp share of the tokens' hidden states to the GPUs of their
+        top-k experts (1/tp of them stay local); the hottest GPU receives `expert_skew` x the mean."""
+        m, t = self.model, self.tp
+        nbytes = tokens / t * m.experts_per_token * m.hidden_size * DTYPE_BYTES[self.act_dtype]
+        if self._alltoall is not None:
+            return self._alltoall(nbytes)
+        if self._ideal:
+            latency = 0.0
+        else:
+            latency = max(self.engine.allreduce_latency_s, self.k.nccl_allreduce_latency_s)
+        spec = get_link(self.gpu.scaleup or self.gpu.host_link)
+        bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
+        return latency + nbytes * (t - 1) / t * self.expert_skew / bw
 
     # ----------------------------------------------------------------- memory
     @property
@@ -609,7 +651,12 @@ class CostModel:
         rows = tokens if op.flops_per_token else sampled
         weights = op.weight_bytes
         if op.moe_experts:
-            touched = op.moe_experts * (1.0 - (1.0 - op.moe_top_k / op.moe_experts) ** max(rows, 0))
+            p = 1.0 - (1.0 - op.moe_top_k / op.moe_experts) ** max(rows, 0)   # chance an expert is touched
+            if op.ep > 1:
+                # whole experts on ep GPUs: the step waits for the GPU that touched the most of its own experts
+                touched = _expected_max_binomial(op.moe_experts // op.ep, p, op.ep)
+            else:
+                touched = op.moe_experts * p
             weights = op.weight_bytes * touched
         nbytes = weights + op.bytes_per_token * tokens + op.bytes_per_sample * sampled
         if rows <= 0:
@@ -834,8 +881,16 @@ class CostModel:
         out = rows[:1] + attn_rows + rows[1:]
         if self._collective[3]:
             msg = b.tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
-            out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,
-                              2 * self.model.num_layers * msg, "network"))
+            if self.expert_parallel:
+                m = self.model
+                ep = m.num_moe_layers * 2 * self._ep_alltoall(b.tokens)
+                out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens) - ep, 0.0,
+                                  (m.num_layers + m.num_dense_layers) * msg, "network"))
+                out.append(OpCost("ep_alltoall", ep, 0.0, m.num_moe_layers * 2 * msg * m.experts_per_token / self.tp,
+                                  "network"))
+            else:
+                out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,
+                                  2 * self.model.num_layers * msg, "network"))
         e = self.engine
         overhead = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
                     + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
@@ -855,6 +910,35 @@ def allreduce_time(nbytes: float, n: int, bus_bw: float, latency: float) -> floa
     if n <= 1:
         return 0.0
     return latency + 2.0 * (n - 1) / n * nbytes / bus_bw
+
+
+def _expected_max_binomial(n: int, p: float, copies: int) -> float:
+    """E[max] of `copies` independent Binomial(n, p) counts: sum over k >= 1 of P(max >= k) = 1 - F(k - 1)^copies.
+    (Experts touched on the busiest of `copies` GPUs holding n experts each; treating the GPUs as independent
+    gives 1.13 for Mixtral's top-2 of 8 experts on 4 GPUs at one token, against 1.14 exactly.)"""
+    if p >= 1.0:
+        return float(n)
+    if p <= 0.0:
+        return 0.0
+    q = 1.0 - p
+    total, cdf = 0.0, 0.0
+    for k in range(n):
+        cdf += math.comb(n, k) * p ** k * q ** (n - k)
+        total += 1.0 - min(cdf, 1.0) ** copies
+    return total
+
+
+def _validate_expert_parallel(model: ModelSpec, tp: int, skew: float) -> None:
+    """EP spreads whole experts over the TP group: a MoE model whose expert count the group divides."""
+    if not model.is_moe:
+        raise ConfigError(f"parallelism.ep: {model.name} has no experts; expert parallelism is for MoE models "
+                          f"(set ep: 1)")
+    if model.num_experts % tp:
+        raise ConfigError(f"parallelism.ep={tp}: {model.name}'s {model.num_experts} experts do not split evenly over "
+                          f"{tp} GPUs; use an ep (= tp) that divides {model.num_experts}")
+    if not skew >= 1.0:
+        raise ConfigError(f"parallelism.expert_load_skew must be >= 1 (the hottest GPU's expert load over the mean), "
+                          f"got {skew!r}")
 
 
 def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str) -> None:

@@ -77,3 +77,19 @@ def test_a_one_minute_slice_of_a_vllm_run_replays_with_finite_metrics():
     # not overloaded: TTFT stays within a few steps, not seconds
     assert stats["ttft_mean"] < 10 * meas["ttft_mean"]
     assert 0.5 < stats["e2e_mean"] / meas["e2e_mean"] < 1.5
+
+
+def test_the_data_parallel_run_is_replayed_on_two_replicas_behind_a_least_loaded_router():
+    key = "32-mixtral-8x7b-tp2-general-2-2"
+    assert key in V.dp_runs() and key in V.replay_keys()           # replayed by the report, not skipped
+    cfg = V.config(V.run_row(key), "unused")
+    assert cfg["deployment"] == {"replicas": 2, "parallelism": {"tp": 2}} and "parallelism" not in cfg
+    assert cfg["router"] == "least_outstanding_requests"
+    res = V.replay(key, max_time=30.0)                              # 30 s of each stage: 840 requests
+    counts = res["replica_requests"]
+    assert len(counts) == 2 and sum(counts) == res["all"]["n"] > 800
+    assert min(counts) > 0.45 * sum(counts)                         # the load is shared evenly
+    meas, sim = V.measured(key)[1], res[1]
+    # 20 req/s on one TP2 replica queues (TTFT 111 ms in this slice); on two it stays at about one step
+    assert sim["ttft_mean"] < 1.5 * meas["ttft_mean"]
+    assert 0.75 < sim["e2e_mean"] / meas["e2e_mean"] < 1.35

@@ -6,10 +6,11 @@
 Each run of `data/vllm_runs/experiments.csv` is simulated the way ../shared/tools/check_calibration.py
 does it: the per-request trace when the run has one, otherwise the shared_prefix generator with the
 run's parameters and question_len + 30 chat-template tokens; vLLM V1 engine settings (max_num_seqs 128,
-block 16, chunked prefill and prefix caching on, max_model_len 4096). Runs with data parallelism
-(dp > 1) are skipped. The error table compares mean / p90 / p99 of TTFT and E2E and the mean ITL
-(defined as (E2E - TTFT) / (output tokens - 1), as measured), and gives mean absolute percentage
-errors over normal-load and overloaded runs.
+block 16, chunked prefill and prefix caching on, max_model_len 4096). A run with data parallelism
+(dp > 1) replays as `dp` replicas of TP `tp` behind the `least_outstanding_requests` router
+(`DP_ROUTER`); check_calibration.py itself skips such runs. The error table compares mean / p90 / p99
+of TTFT and E2E and the mean ITL (defined as (E2E - TTFT) / (output tokens - 1), as measured), and
+gives mean absolute percentage errors over normal-load and overloaded runs.
 
 The traces of the Llama-2 base-model runs undercount output tokens (see `output_miscount`): their
 requests all generated the full length, so a second table replays those runs with the corrected
@@ -34,6 +35,11 @@ import pandas as pd
 DATA = Path(__file__).resolve().parent / "data" / "vllm_runs"
 GPU = {"H100": "h100-sxm-80gb", "A100-80GB": "a100-sxm-80gb", "L40S": "l40s"}
 TEMPLATE_TOKENS = 30          # chat-template tokens check_calibration adds to generator prompts
+# vLLM's internal DP load balancer (v1 engine core client, DPLBAsyncMPClient.get_core_engine_for_request) sends
+# each request to the engine with the lowest `4 x waiting + running`, from counts the DP coordinator publishes
+# about every 100 ms plus the client's own count of what it dispatched since. Joining the shortest queue of
+# waiting + running is the closest router servesim has; at normal load nothing waits, so the two agree.
+DP_ROUTER = "least_outstanding_requests"
 
 
 @lru_cache(maxsize=1)
@@ -169,8 +175,22 @@ def workload(r, tmp: str, *, corrected: bool = False, max_time: float | None = N
             "output_len": int(r.output_len_target)}
 
 
+def dp(r) -> int:
+    """The run's data-parallel degree (vLLM --data-parallel-size; blank in the CSV means 1)."""
+    return 1 if math.isnan(r.dp) else int(r.dp)
+
+
+def deployment_section(r) -> dict:
+    """`parallelism` for one engine; `deployment` + `router` for dp engines (see DP_ROUTER). A dp run with
+    expert parallelism shards vLLM's experts over all dp x tp GPUs; servesim's replicas are independent TP
+    groups, each holding half of every expert (`docs/VALIDATION.md` says what that changes)."""
+    if dp(r) <= 1:
+        return {"parallelism": {"tp": int(r.tp)}}
+    return {"deployment": {"replicas": dp(r), "parallelism": {"tp": int(r.tp)}}, "router": DP_ROUTER}
+
+
 def config(r, tmp: str, async_scheduling: bool | None = None, **kw) -> dict:
-    return {"model": r.model_hf, "hardware": {"gpu": GPU[r.hardware]}, "parallelism": {"tp": int(r.tp)},
+    return {"model": r.model_hf, "hardware": {"gpu": GPU[r.hardware]}, **deployment_section(r),
             "engine": engine_section(r, async_scheduling=async_scheduling), "scheduler": "vllm", "seed": 0,
             "sim": {"progress": False}, "workload": workload(r, tmp, **kw)}
 
@@ -211,7 +231,7 @@ def _stats(df: pd.DataFrame) -> dict:
 
 
 def replay(key: str, *, profile=None, constants=None, **kw) -> dict:
-    """Simulate one run; metrics overall ("all") and per stage (0, 1) in ms, plus wall time."""
+    """Simulate one run; metrics overall ("all") and per stage (0, 1) in ms, wall time, requests per replica."""
     from experiments.runner import run
 
     r = run_row(key)
@@ -221,6 +241,7 @@ def replay(key: str, *, profile=None, constants=None, **kw) -> dict:
         wall = time.perf_counter() - t0
     req = res.requests
     out = {"all": _stats(req), "wall_s": wall, "kv_blocks": res.memory.num_blocks,
+           "replica_requests": req.replica.value_counts().sort_index().tolist(),
            "hit_rate": res.summary["kv"].get("hit_rate") if isinstance(res.summary.get("kv"), dict) else None}
     for s, g in req.groupby("stage"):
         out[int(s)] = _stats(g)
@@ -259,8 +280,19 @@ def corrected_itl(key: str, stage="all") -> float:
 
 
 def selected_runs(include_dp: bool = False) -> pd.DataFrame:
+    """The runs to replay; without `include_dp` only single-engine runs (the set fit_vllm.py fits on: the dp
+    run also used expert parallelism, which the replay does not model)."""
     d = runs()
     return d if include_dp else d[d.dp.fillna(1) <= 1]
+
+
+def dp_runs() -> list[str]:
+    return [k for k in runs().exp_key if dp(run_row(k)) > 1]
+
+
+def replay_keys() -> list[str]:
+    """Every run the report replays: all of experiments.csv, data-parallel runs included."""
+    return list(selected_runs(include_dp=True).exp_key)
 
 
 # ----------------------------------------------------------------------------- the full report
@@ -328,11 +360,13 @@ def _rows(table: pd.DataFrame, metrics=METRICS) -> list[str]:
             err = f" ({100 * (sim / meas - 1):+.0f}%)" if not math.isnan(sim) else ""
             cells.append(f"{_fmt(meas)} / {_fmt(sim)}{err}")
         load = "overloaded" if r.overloaded else "normal"
+        if dp(run_row(r.run)) > 1:
+            load += f", dp {dp(run_row(r.run))}"
         lines.append(f"| {r.run} | {load} | " + " | ".join(cells) + " |")
     return lines
 
 
-def markdown(tables: dict[str, pd.DataFrame], skipped: list[str], wall: float) -> str:
+def markdown(tables: dict[str, pd.DataFrame], dp_keys: list[str], wall: float) -> str:
     plain, corr = tables["plain"], tables.get("corrected")
     lines = ["## vLLM serving runs (H100, vLLM v0.15.1)", "",
              "Generated by `python -m experiments.validation.vllm_runs` (do not edit by hand): every run of "
@@ -349,8 +383,15 @@ def markdown(tables: dict[str, pd.DataFrame], skipped: list[str], wall: float) -
         lines.append(_mape_line("normal load, corrected traces", merged, False))
     lines += ["", f"Runs at the capacity knee (measured TTFT p99 > 5 x mean: queueing in the measurement itself): "
               f"{', '.join(knee_runs())}."]
-    if skipped:
-        lines += ["", f"Skipped (data parallelism, dp > 1: not simulated yet): {', '.join(skipped)}."]
+    if dp_keys:
+        lines += ["", f"Data-parallel runs ({', '.join(dp_keys)}): vLLM `--data-parallel-size` engines behind its "
+                  "internal load balancer, replayed as that many replicas behind the `least_outstanding_requests` "
+                  "router (vLLM sends a request to the engine with the lowest 4 x waiting + running; at normal load "
+                  "nothing waits, and round_robin, power_of_two or random move the replay's means by under 1%). "
+                  "check_calibration.py skips these runs, so its MAPE lines have one normal-load run fewer. "
+                  "Not modelled: the run's expert parallelism (EP over all dp x tp GPUs, so each GPU holds a "
+                  "quarter of the experts' weights, not a half as in a TP2 replica), its all-to-all dispatch and "
+                  "the DP engines' lockstep steps."]
     header = ["| run | load | TTFT mean | TTFT p90 | TTFT p99 | E2E mean | E2E p90 | E2E p99 | ITL mean |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += ["", "### Per run, as check_calibration.py replays them", ""] + header + _rows(plain)
@@ -376,14 +417,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--plain-only", action="store_true", help="only the check_calibration-style replay")
     a = ap.parse_args(argv)
     t0 = time.perf_counter()
-    keys = list(selected_runs().exp_key)
+    keys = replay_keys()
     tables = {"plain": error_table(_replay_set(keys, a.jobs))}
     if not a.plain_only:
         trace_keys = [k for k in keys if isinstance(run_row(k).requests_csv, str) and
                       output_miscount(run_row(k))["share_short"] > 0.05 and not run_row(k).overloaded]
         tables["corrected"] = error_table(_replay_set(trace_keys, a.jobs, corrected=True), corrected_itl_ref=True)
     wall = time.perf_counter() - t0
-    skipped = list(runs()[runs().dp.fillna(1) > 1].exp_key)
     for name, table in tables.items():
         print(f"--- {name}")
         for r in table.itertuples():
@@ -399,7 +439,7 @@ def main(argv: list[str] | None = None) -> int:
     print(kv.to_string(index=False))
     if not a.no_doc:
         write_section(DOC, "kv-blocks", kv_markdown(kv))
-        write_section(DOC, "vllm-runs", markdown(tables, skipped, wall))
+        write_section(DOC, "vllm-runs", markdown(tables, dp_runs(), wall))
         print(f"wrote {DOC}")
     return 0
 
