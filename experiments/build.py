@@ -44,13 +44,21 @@ class ReplicaPlan:
 
 
 def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None = None,
-                     allreduce: tuple[float, float] | None = None, alltoall=None) -> CostModel:
+                     allreduce: tuple[float, float] | None = None, alltoall=None, par=None) -> CostModel:
     """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
     profile; `allreduce` = (bus bandwidth B/s, latency s) of the placement's real path, when known."""
     model = get_model(cfg.model.name)
     gpu = get_gpu(gpu_name or cfg.hardware.gpu)
-    par = cfg.sequence_parallel if cfg.pools is None else cfg.parallelism
+    # the group's parallelism (a pool's, a cascade tier's) when the deployment passes it, else the run's
+    par = par or (cfg.sequence_parallel if cfg.pools is None else cfg.parallelism)
     sp = par.sp
+    if sp > 1 and par.ep > 1:
+        raise ConfigError("parallelism: expert parallelism (ep) together with sequence parallelism (sp) is not "
+                          "modelled; use one of them")
+    if sp > 1 and (cfg.offload is not None or cfg.powerinfer is not None):
+        raise ConfigError("parallelism.sp: offload / powerinfer price one GPU; use sp: 1 with them")
+    if cfg.pools is not None and (cfg.offload is not None or cfg.powerinfer is not None):
+        raise ConfigError("offload / powerinfer with pools (disaggregation) is not modelled; remove one of them")
     tp = (tp // sp if tp else par.tp)        # a deployment passes the GPUs per stage: tp x sp
     if tp > gpu.gpus_per_node:
         raise DeploymentError(f"parallelism.tp={tp} exceeds the {gpu.gpus_per_node} GPUs of one "
@@ -63,11 +71,12 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
                      allreduce=allreduce if sp == 1 else None, flash_decoding=cfg.engine.flash_decoding,
                      sparsity=cfg.model.sparsity, int4_kernel=cfg.model.int4_kernel,
                      kv_eviction=eviction.cost_terms() if eviction is not None else None,
-                     expert_parallel=_expert_parallel(par, tp), expert_skew=par.expert_load_skew, alltoall=alltoall)
+                     expert_parallel=_expert_parallel(par, tp), expert_skew=par.expert_load_skew,
+                     alltoall=alltoall if par.ep > 1 else None)
     if cfg.offload is not None or cfg.powerinfer is not None:
         cost = offloaded_cost(cfg, cost)
     if sp > 1:
-        cost = sequence_parallel_cost(cost, par, allreduce)
+        cost = sequence_parallel_cost(cost, par, allreduce, alltoall)
     return cost
 
 
@@ -101,6 +110,10 @@ def offloaded_cost(cfg: RunConfig, cost: CostModel):
         hw = OffloadHardware.for_gpu(cost.gpu, **hw_args)
     except (KeyError, ValueError, TypeError) as exc:
         raise ConfigError(f"{key}: {exc}") from None
+    for name, value in {**spec, **hw_args}.items():
+        if name not in ("cpu_attention", "overlap", "disk", "host_memory") and value is not None and (
+                isinstance(value, bool) or not isinstance(value, (int, float))):
+            raise ConfigError(f"{key}.{name}: must be a number, got {value!r}")
     if key == "offload":
         try:
             placement = Placement(**spec)
@@ -112,16 +125,17 @@ def offloaded_cost(cfg: RunConfig, cost: CostModel):
     return HotColdCostModel(cost, spec["hot_fraction"], spec.get("activation_sparsity", 0.0), hw)
 
 
-def sequence_parallel_cost(cost: CostModel, par, path: tuple[float, float] | None):
-    """Wrap `cost` for `par.sp` sequence-parallel ranks; the ring / all-to-all runs at `path` = (bandwidth B/s,
-    latency s) of the group's slowest link when the placement knows it, else on the GPU's scale-up link."""
+def sequence_parallel_cost(cost: CostModel, par, path: tuple[float, float] | None, alltoall=None):
+    """Wrap `cost` for `par.sp` sequence-parallel ranks; the ring runs at `path` = (bandwidth B/s, latency s) of the
+    group's slowest link when the placement knows it, else on the GPU's scale-up link; Ulysses' exchanges use
+    `alltoall(bytes_per_gpu) -> s` (the placement's all-to-all over the SP ranks) when given."""
     from sim.hardware import get_link
     from sim.sequence_parallel import wrap
 
     if path is None:
         spec = get_link(cost.gpu.scaleup or cost.gpu.host_link)
         path = (spec.bw_gbps_per_direction * 1e9 * spec.achievable_fraction, spec.latency_us * 1e-6)
-    return wrap(cost, par.sp, par.sp_type, path[0], path[1])
+    return wrap(cost, par.sp, par.sp_type, path[0], path[1], alltoall=alltoall)
 
 
 def engine_config(cfg: RunConfig, max_model_len: int, cost: CostModel) -> EngineConfig:
@@ -153,7 +167,9 @@ def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | Non
         # an inline encoder's weights and its cache of encoded images live on the LLM's GPUs
         extra_w += inline_memory_bytes_per_gpu(make_encoder_stage(cfg.multimodal, cost))
     extra_kv = getattr(speculator, "extra_kv_bytes_per_token_per_gpu", 0.0) if speculator else 0.0
-    mem = plan_memory(cost, e.gpu_memory_utilization, e.max_num_batched_tokens, e.max_num_seqs, e.block_size,
+    # a sequence-parallel rank runs its 1/sp of the step's tokens through the layers
+    step_tokens = -(-e.max_num_batched_tokens // getattr(cost, "degree", 1))
+    mem = plan_memory(cost, e.gpu_memory_utilization, step_tokens, e.max_num_seqs, e.block_size,
                       extra_weight_bytes=extra_w, extra_kv_bytes_per_token=extra_kv, pipeline_stages=pp)
     if hasattr(cost, "kv_capacity_tokens"):
         # an offloaded KV cache is bounded by every tier it spans (GPU, host DRAM, disk)
@@ -199,6 +215,9 @@ def build_policies(cfg: RunConfig, plan: ReplicaPlan, rng: np.random.Generator, 
         swap = registry.get("preemption", "swap")(capacity, block_bytes, move)
     tiers = None
     if e.cpu_offload_gb or e.nvme_offload_gb:
+        if cfg.kv_eviction is not None:
+            raise ConfigError("engine.cpu_offload_gb / nvme_offload_gb offload prefix blocks, and kv_eviction turns "
+                              "prefix caching off; remove one of them")
         if not plan.engine.enable_prefix_caching:
             raise ConfigError("engine.cpu_offload_gb / nvme_offload_gb offload prefix blocks: enable "
                               "engine.enable_prefix_caching (and use kv_allocation: paged)")

@@ -441,7 +441,10 @@ def format_validation_error(exc: ValidationError) -> str:
     if kind == "union_tag_invalid":
         return f"config key {loc!r}: {err['msg']}"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
-    return f"config key {loc!r}: {err['msg']}; got {err.get('input')!r}{more}"
+    msg = err["msg"].removeprefix("Value error, ")
+    if kind == "value_error":       # our own validators' messages say what is wrong and the fix already
+        return f"config key {loc!r}: {msg}{more}"
+    return f"config key {loc!r}: {msg}; got {err.get('input')!r}{more}"
 
 
 def validate_config(data: dict) -> RunConfig:

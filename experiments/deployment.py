@@ -51,7 +51,7 @@ import simpy
 from policies.autoscaling import ScalingController, make_autoscaler
 from policies.cascade import DifficultyCascade
 from policies.multimodal import make_encoder_stage
-from sim.energy import J_PER_KWH, energy_summary
+from sim.energy import energy_summary
 from policies.result_cache import make_result_cache
 from policies.routing import make_router
 from sim.engine import Replica, RequestLog
@@ -64,7 +64,7 @@ from sim.pipeline import Pipeline
 from topologies import GroupRequest, allreduce_params, alltoall_time, build_cluster, default_cluster, p2p_time, place
 
 from .build import ReplicaPlan, build_cost_model, build_policies, build_scheduler, plan_replica
-from .config import ModelConfig, RunConfig
+from .config import RunConfig
 
 
 @dataclass
@@ -150,8 +150,9 @@ class Deployment:
         for name, count, tp, pp, gpu, _ in groups:
             gcfg = group_cfgs.get(name, cfg)
             mine = [p for p in placements if p.group == name]
+            par = self._parallelism(gcfg, name)
             cost = build_cost_model(gcfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp),
-                                    alltoall=self._alltoall(mine[0].stages[0], gcfg, tp))
+                                    alltoall=self._alltoall(mine[0].stages[0], par, tp), par=par)
             plan = plan_replica(gcfg, cost, plan_rng, pp=pp)
             pool_log = self.prefill_log if name == "prefill" else log
             if name in escalating:
@@ -235,16 +236,21 @@ class Deployment:
     def _groups(self, cfg: RunConfig) -> tuple[list[tuple[str, int, int, int, str, bool]], dict[str, RunConfig]]:
         """The pools to place, and for a cascade each tier's config (the run's, with the tier's model)."""
         if cfg.cascade is not None:
-            if cfg.pools is not None or cfg.deployment is not None or cfg.autoscaling is not None:
-                raise ConfigError("cascade: give the replicas of each tier in cascade.tiers, without deployment, "
-                                  "pools or autoscaling")
+            given = "parallelism" in cfg.model_fields_set and cfg.parallelism != type(cfg.parallelism)()
+            if cfg.pools is not None or cfg.deployment is not None or cfg.autoscaling is not None or given:
+                raise ConfigError("cascade: give the replicas and parallelism of each tier in cascade.tiers, without "
+                                  "deployment, pools, autoscaling or a top-level parallelism")
             groups, cfgs = [], {}
             for t in cfg.cascade.tiers:
                 if t.name in ("prefill", "decode", "replicas"):
                     raise ConfigError(f"cascade.tiers: the name {t.name!r} is reserved; pick another")
-                model = ModelConfig(name=t.model or cfg.model.name, weight_dtype=t.weight_dtype,
-                                    kv_dtype=cfg.model.kv_dtype)
-                cfgs[t.name] = cfg.model_copy(update={"model": model})
+                if t.parallelism.sp > 1:
+                    raise ConfigError(f"cascade.tiers[{t.name}].parallelism.sp: sequence parallelism in a cascade "
+                                      f"tier is not modelled; use sp: 1")
+                # the run's model section (KV dtype, sparsity, int4 kernel) with the tier's model and weight dtype
+                # (None: the tier model's own checkpoint dtype)
+                model = cfg.model.model_copy(update={"name": t.model or cfg.model.name, "weight_dtype": t.weight_dtype})
+                cfgs[t.name] = cfg.model_copy(update={"model": model, "parallelism": t.parallelism})
                 groups.append((t.name, t.replicas, t.parallelism.tp, t.parallelism.pp, t.gpu or cfg.hardware.gpu,
                                False))
             return groups, cfgs
@@ -273,7 +279,7 @@ class Deployment:
             self.env, pool.replicas, pool.routable, make_autoscaler(a.policy, a.policy_options, rng),
             initial=cfg.replica_groups()[0][1], min_replicas=a.min_replicas, max_replicas=a.max_replicas,
             interval_s=a.interval_s, provisioning_delay_s=a.provisioning_delay_s,
-            scale_down_cooldown_s=a.scale_down_cooldown_s, gpus_per_replica=cost.tp,
+            scale_down_cooldown_s=a.scale_down_cooldown_s, gpus_per_replica=getattr(cost, "gpus_per_replica", cost.tp),
             usd_per_gpu_hour=cost.gpu.price_per_hour)
         self._finish_hooks.append(self.scaler.completed)
 
@@ -300,14 +306,26 @@ class Deployment:
             return None
         return allreduce_params(self.cluster, gpus)
 
-    def _alltoall(self, gpus, cfg: RunConfig, tp: int):
-        """EP's all-to-all on the placement's real paths (`topologies.collectives.alltoall_time`, with the configured
-        expert-load skew), or None without expert parallelism."""
-        par = cfg.parallelism if cfg.deployment is None else cfg.deployment.parallelism
-        if par.ep <= 1 or tp <= 1:
-            return None
-        cluster, group, skew = self.cluster, list(gpus), par.expert_load_skew
-        return lambda nbytes: alltoall_time(cluster, group, nbytes, skew)
+    @staticmethod
+    def _parallelism(cfg: RunConfig, pool: str):
+        """The parallelism of one pool: a disaggregated pool's own, else the deployment's (a cascade tier's config
+        carries its tier's)."""
+        if cfg.pools is not None:
+            return getattr(cfg.pools, pool).parallelism
+        return cfg.sequence_parallel
+
+    def _alltoall(self, gpus, par, tp: int):
+        """The all-to-all a replica's parallelism needs, on the placement's real paths
+        (`topologies.collectives.alltoall_time`): EP's over the TP group (with the expert-load skew), Ulysses' over
+        the SP ranks (one per TP index: the stage's GPUs are TP groups one after another); None otherwise."""
+        cluster = self.cluster
+        if par.ep > 1 and tp > 1:
+            group, skew = list(gpus), par.expert_load_skew
+            return lambda nbytes: alltoall_time(cluster, group, nbytes, skew)
+        if par.sp > 1:
+            ranks = list(gpus)[::par.tp]
+            return lambda nbytes: alltoall_time(cluster, ranks, nbytes)
+        return None
 
     def _pipeline(self, placement, cost) -> Pipeline:
         """The stages of one PP replica, with the activations' point-to-point time between consecutive stages."""
@@ -370,6 +388,8 @@ class Deployment:
                 self._served(req)
                 return
         self._in_stages -= 1
+        if env.now > req.arrival:
+            req.enqueued = env.now      # a stage held it: the replica sees it from now (async scheduling's lag)
         self._dispatch(req)
 
     def _served(self, req: Request) -> None:
@@ -585,8 +605,9 @@ def deployment_sections(dep: Deployment, records: dict, sim_time: float) -> dict
 
 
 def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
-    """Energy of the run at each GPU's TDP while its replica steps (`sim.energy.energy_summary`), summed over the
-    pools (they may be different GPUs); None figures when a GPU's TDP is unknown."""
+    """Energy of the run at each GPU's TDP while its replica steps (`sim.energy.energy_summary`); with several pools
+    the same keys summed over them (`tdp_w` None when their GPUs differ) plus each pool's own section under
+    ``pools``. None figures when a GPU's TDP is unknown."""
     tokens = int(np.sum(records["output_tokens"])) if len(records["output_tokens"]) else 0
     parts = []
     for pool in dep.pools:
@@ -599,13 +620,21 @@ def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
         parts.append(energy_summary(pool.plan.cost.gpu.tdp_w, gpus, busy, sim_time, tokens))
     if len(parts) == 1:
         return parts[0]
-    known = all(p["energy_j"] is not None for p in parts)
-    total = sum(p["energy_j"] for p in parts) if known else None
-    return {"gpus": sum(p["gpus"] for p in parts), "energy_j": total,
-            "energy_kwh": total / J_PER_KWH if known else None,
-            "j_per_output_token": total / tokens if known and tokens else None,
-            "mean_power_w": total / sim_time if known and sim_time > 0 else None,
-            "pools": {pool.name: part for pool, part in zip(dep.pools, parts)}}
+    gpus = sum(p["gpus"] for p in parts)
+    busy = sum(p["gpus"] * p["busy_s"] for p in parts) / gpus if gpus else 0.0
+    tdps = {p["tdp_w"] for p in parts}
+    out = {"tdp_w": tdps.pop() if len(tdps) == 1 else None, "gpus": gpus, "busy_s": busy,
+           "utilization": busy / sim_time if sim_time > 0 else None, "idle_fraction": parts[0]["idle_fraction"]}
+    for key in ("energy_j", "energy_kwh", "allocated_energy_j"):
+        values = [p[key] for p in parts]
+        out[key] = sum(values) if None not in values else None
+    known = out["energy_j"] is not None
+    out["j_per_output_token"] = out["energy_j"] / tokens if known and tokens else None
+    out["mean_power_w"] = out["energy_j"] / sim_time if known and sim_time > 0 else None
+    out["allocated_j_per_output_token"] = (out["allocated_energy_j"] / tokens
+                                           if out["allocated_energy_j"] is not None and tokens else None)
+    out["pools"] = {pool.name: part for pool, part in zip(dep.pools, parts)}
+    return out
 
 
 def request_columns(dep: Deployment, records: dict) -> None:

@@ -184,7 +184,7 @@ class VLLMScheduler:
         i = 0
         while i < len(waiting) and budget > 0 and len(running) < cfg.max_num_seqs:
             req = waiting[i]
-            if req.arrival > visible_until:
+            if req.enqueued > visible_until:
                 if fcfs:
                     break             # async scheduling: it arrived after this step was planned
                 i += 1

@@ -27,7 +27,7 @@ from collections import OrderedDict, deque
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, field_validator, model_validator
 
 from sim.errors import ServesimError
 from sim.hardware import get_gpu
@@ -59,6 +59,14 @@ class MultimodalConfig(BaseModel):
     encoder_gpu: str | None = Field(None, description="async: GPU type of the encoder pool; default the replica's.")
     batch_images: PositiveInt = Field(16, description="async: most images one encoder call takes from the queue.")
     dtype: str = Field("bf16", description="Encoder weights and activations: bf16 or fp16.")
+
+    @model_validator(mode="after")
+    def _async_only(self) -> "MultimodalConfig":
+        given = sorted({"encoder_gpus", "encoder_gpu", "batch_images"} & self.model_fields_set)
+        if self.mode == "inline" and given:
+            raise ValueError(f"{', '.join(given)} set the async encoder pool; with mode: inline the replica's own GPUs "
+                             f"encode one request per call (use mode: async, or remove them)")
+        return self
 
     @field_validator("encoder")
     @classmethod

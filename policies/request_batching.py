@@ -55,10 +55,10 @@ class _RequestLevel:
     def _form(self, rep) -> list:
         opts = self.options
         size = min(opts.max_batch_size, rep.engine.max_num_seqs)
-        visible = [r for r in rep.waiting if r.arrival <= rep.visible_until]
+        visible = [r for r in rep.waiting if r.enqueued <= rep.visible_until]
         if not visible:
             return []
-        if len(visible) < size and rep.clock < min(r.arrival for r in visible) + opts.max_wait_s:
+        if len(visible) < size and rep.clock < min(r.enqueued for r in visible) + opts.max_wait_s:
             return []
         batch = []
         for req in visible[:size]:
@@ -77,7 +77,7 @@ class _RequestLevel:
         """When the oldest visible waiting request's wait runs out (the batch then forms, full or not)."""
         if self.members or not rep.waiting:
             return None
-        return min(r.arrival for r in rep.waiting) + self.options.max_wait_s
+        return min(r.enqueued for r in rep.waiting) + self.options.max_wait_s
 
 
 @register("scheduler", "static")

@@ -530,6 +530,8 @@ class CostModel:
                     if self.kv_dtype == "int4" and fp32 and not self._ideal else 0.0)   # seconds per KV token
         ev = self.kv_eviction
         self._evict_frac = float(ev[1]) if ev and ev[0] == "h2o" else 1.0
+        # H2O keeps at least its floor of tokens (policies.kv_eviction: max(min_tokens, fraction x prompt))
+        self._evict_floor = float(ev[2]) if ev and ev[0] == "h2o" else 0.0
         self._evict_budget = float(ev[2]) if ev and ev[0] == "streaming_llm" else 0.0
         self._h2o_bytes = H2O_BYTES_PER_HEAD_TOKEN * heads if ev and ev[0] == "h2o" else 0.0
         # linear attention: per token, S += k v^T and o = q S (4 d_k d_v FLOPs per head); per sequence and step,
@@ -712,7 +714,7 @@ class CostModel:
             if self._evict_budget:
                 c = mn(c, seqs * self._evict_budget)
             if self._evict_frac != 1.0:
-                c = c * self._evict_frac
+                c = mx(c * self._evict_frac, mn(c, seqs * self._evict_floor))
             s = 1.0
             occ = 1.0
             if sms:
@@ -758,7 +760,10 @@ class CostModel:
                 w = seqs * self._evict_budget
                 c = c if c < w else w
             if self._evict_frac != 1.0:
-                c = c * self._evict_frac
+                kept = c * self._evict_frac
+                w = seqs * self._evict_floor
+                w = c if c < w else w
+                c = kept if kept > w else w
             s = 1.0
             occ = 1.0
             if sms:

@@ -226,7 +226,8 @@ class Replica:
         self._wake = env.event()
         self._run_ends: list | None = None   # cumulative end times of an interruptible run
         # the cost model's plain-float pricing of a short decode run, when it has one (wrappers may not)
-        self._run_list = getattr(cost, "decode_run_list", None)
+        # (looked up on the class: a wrapper that forwards unknown attributes must not lend its inner model's method)
+        self._run_list = cost.decode_run_list if hasattr(type(cost), "decode_run_list") else None
         self._admitted = 0
         self.extra_step_s = 0.0      # seconds added to the next step (inline multimodal encoding); see _take_extra
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
@@ -539,7 +540,7 @@ class Replica:
         """Nothing to run. If waiting requests were only hidden by async scheduling, the engine plans
         again at once and sees them; otherwise (nothing fits) it waits for an arrival, or for the scheduler's
         own wake-up time (a batching timeout)."""
-        if self.waiting and self.waiting[0].arrival > self.visible_until:
+        if self.waiting and self.waiting[0].enqueued > self.visible_until:
             self.visible_until = float("inf")
             return
         self._wake = self.env.event()
@@ -683,9 +684,11 @@ class Replica:
         if self._copier and self._copies_pending():
             yield from self._flush_copies()
             start = max(start, self.env.now)
-        end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
         if self.extra_step_s:
-            end += self._take_extra()
+            # the same association as the per-iteration step: start + (model pass + encoder)
+            end = start + (self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0)) + self._take_extra())
+        else:
+            end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
         yield self.env.timeout(end - self.env.now)
         dt = end - prev
         self.clock = end

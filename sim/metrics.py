@@ -46,6 +46,9 @@ def summarize(records: dict[str, np.ndarray], steps, *, total_requests: int, dro
     ttft = first - arrival
     e2e = finish - arrival
     multi = out > 1
+    if "replica" in records and len(records["replica"]):
+        # a request answered in front of the engine (a result-cache hit: replica -1) generated no tokens here
+        multi = multi & (records["replica"] >= 0)
     tpot = (e2e[multi] - ttft[multi]) / (out[multi] - 1)
     itl_values = np.concatenate([np.frombuffer(s.itl, dtype=np.float64) for s in steps]) if steps else np.zeros(0)
     itl_weights = np.concatenate([np.frombuffer(s.itl_weight, dtype=np.int64) for s in steps]) if steps else np.zeros(0)

@@ -29,13 +29,14 @@ class Request:
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
                  "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick",
                  "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key", "swapped_blocks", "preloaded", "last_token",
-                 "kv_transfer_s", "prefill_replica", "images", "difficulty", "cache_hit", "encoder_s", "model", "kv_cap")
+                 "kv_transfer_s", "prefill_replica", "images", "difficulty", "cache_hit", "encoder_s", "model", "kv_cap", "enqueued")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
                  session_id: str | None = None, stage: int = 0, tenant: str | None = None, priority: int = 0,
                  slo_ttft_s: float | None = None, slo_tpot_s: float | None = None) -> None:
         self.id = rid
         self.arrival = arrival
+        self.enqueued = arrival    # when a replica got it: later than arrival after a front-end stage's delay
         self.prompt_len = prompt_len
         self.output_len = output_len
         self.segments = segments

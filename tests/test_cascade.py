@@ -121,8 +121,28 @@ def test_bad_cascades_are_one_line_errors(cascade, match):
 def test_cascade_with_a_deployment_is_refused():
     cfg = config(1, 1, [SMALL, LARGE])
     cfg["deployment"] = {"replicas": 2}
-    with pytest.raises(ConfigError, match="cascade: give the replicas of each tier"):
+    with pytest.raises(ConfigError, match="cascade: give the replicas and parallelism of each tier"):
         run(copy.deepcopy(cfg))
+    cfg = config(1, 1, [SMALL, LARGE])
+    cfg["parallelism"] = {"tp": 4}                     # would be silently ignored: the tiers carry their own
+    with pytest.raises(ConfigError, match="top-level parallelism"):
+        run(copy.deepcopy(cfg))
+    cfg = config(1, 1, [SMALL, {**LARGE, "parallelism": {"tp": 4, "sp": 2}}])
+    with pytest.raises(ConfigError, match="parallelism.sp"):
+        run(copy.deepcopy(cfg))
+
+
+def test_a_tier_keeps_the_runs_model_options_and_its_own_expert_parallelism():
+    moe = {"name": "moe", "model": "mixtral-8x7b", "replicas": 1, "parallelism": {"tp": 4, "ep": 4}}
+    cfg = config(2, 10, [SMALL, moe])
+    cfg["model"] = {"name": "llama-3.1-70b", "sparsity": "2:4"}
+    cfg["hardware"] = {"gpu": "v100"}                   # no sparse tensor cores: the tiers must refuse 2:4 too
+    with pytest.raises(ConfigError, match="sparsity"):
+        run(copy.deepcopy(cfg))
+    ep = run(config(2, 10, [SMALL, moe])).summary
+    tp = run(config(2, 10, [SMALL, {**moe, "parallelism": {"tp": 4}}])).summary
+    assert ep["cascade"]["tiers"]["moe"]["answered"] > 0
+    assert ep["e2e_s"]["mean"] != tp["e2e_s"]["mean"]  # the tier's ep reaches its cost model
 
 
 def test_trace_columns_carry_difficulty_and_cache_hit_flags(tmp_path):
