@@ -372,10 +372,52 @@ def device_points(k: KernelConstants | None = None) -> dict[str, list[Point]]:
                 (naive, "prefill attention (math)")
             op = next(o for o in cost.breakdown(BatchShape.prefill(1, n)) if o.name == "attention_prefill")
             out[fam].append(Point(fam, f"L={n}", meas, op.time_s / L * 1e6, "us"))
+    out.update(device_extra_points(gpu, eng))
     return {name: pts for name, pts in out.items() if pts}
 
 
+DEVICE_EXTRAS_JSON = DATA / "measured" / "h100_extras_device.json"
+
+
+def device_extra_points(gpu, eng) -> dict[str, list[Point]]:
+    """The second device file (experiments/validation/device/measure_extras.py): the CLIP ViT-L/14-336 tower against
+    `policies.encoder_cost` (24 layers, no projector, as Hugging Face's CLIPVisionModel runs it), and 2:4 sparse
+    GEMMs against `CostModel(sparsity="2:4")`. PyTorch's `_weight_int8pack_mm` rows are not compared: that kernel is
+    not what gpt-fast runs (it reads 0.2 TB/s at one row on an H100)."""
+    import dataclasses
+    import json
+
+    from policies.encoder_cost import EncoderCost, get_encoder
+
+    if not DEVICE_EXTRAS_JSON.exists():
+        return {}
+    rows = json.loads(DEVICE_EXTRAS_JSON.read_text())["rows"]
+    clip = dataclasses.replace(get_encoder("clip-vit-l-336"), layers_run=24, projector_layers=0)
+    vit = EncoderCost(clip, gpu, engine=eng, llm_hidden=4096)
+    sparse = CostModel(_model(DEVICE_ATTN_MODEL), gpu, weight_dtype="bf16", engine=eng, sparsity="2:4")
+    dense = CostModel(_model(DEVICE_ATTN_MODEL), gpu, weight_dtype="bf16", engine=eng)
+    out: dict[str, list[Point]] = {"ViT encoder (CLIP-L/336)": [], "2:4 sparse GEMM speed-up": []}
+    for r in rows:
+        if r["kind"] == "vit_clip_l336":
+            b = int(r["batch"])
+            pred = vit.call_time(b, b * clip.tokens_per_item) * 1e6
+            out["ViT encoder (CLIP-L/336)"].append(Point("vit", f"batch {b}", float(r["time_s"]) * 1e6, pred, "us"))
+        elif r["kind"] == "gemm_bf16_2to4":
+            m, k, n = r["m"], r["k"], r["n"]
+            measured = r["dense_time_s"] / r["time_s"]
+            predicted = dense.linear_time(m, k, n) / sparse.linear_time(m, k, n)
+            out["2:4 sparse GEMM speed-up"].append(Point("2:4", f"{r['shape']} M={m}", measured, predicted, "x"))
+    return out
+
+
 DEVICE_NOTES = {
+    "ViT encoder (CLIP-L/336)": "policies/encoder_cost.py's roofline of the vision tower (GEMMs at the Hopper GEMM "
+                                "constants, bidirectional attention over 577 positions, kernel floors); no encoder "
+                                "measurement exists in ../shared/reference, so this is its only check",
+    "2:4 sparse GEMM speed-up": "dense time / sparse time; the model doubles the tensor rate and streams 0.56x the "
+                                "weights (datasheet ceiling). PyTorch's semi-structured kernels give 1.0-1.4x at "
+                                "1k-8k rows and run slower than dense below 256 rows (metadata decode, no "
+                                "GEMV path), so the model is optimistic for decode",
     "gemm bf16": "the GEMM roofline with the Hopper knee and floor (fitted on vLLM H100 runs, not on these rows)",
     "int4 tinygemm": "weight streaming at int4_weight_only_mem_eff (A100 gpt-fast fit) with tinygemm's per-row term "
                      "(1/64 L1 wavefront per weight and row at SMs x clock, derived from the kernel source): "
@@ -419,7 +461,7 @@ def _device_markdown(results: dict[str, list[Point]]) -> list[str]:
         lines.append(f"| {name} | {s['n']} | {100 * s['median']:.1f}% | {100 * s['p90']:.1f}% | {s['worst']} | "
                      f"{DEVICE_NOTES.get(name, '')} |")
     lines.append("")
-    for name in ("int4 tinygemm", "decode attention"):
+    for name in ("int4 tinygemm", "decode attention", "ViT encoder (CLIP-L/336)", "2:4 sparse GEMM speed-up"):
         pts = results.get(name, [])
         if not pts:
             continue
