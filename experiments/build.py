@@ -94,7 +94,8 @@ _HARDWARE_KEYS = ("host_memory_gb", "disk", "disk_gb", "disk_read_gbps", "disk_w
 
 def offloaded_cost(cfg: RunConfig, cost: CostModel):
     """`cost` with the config's FlexGen placement (`offload`) or PowerInfer split (`powerinfer`)."""
-    from sim.weight_offload import HotColdCostModel, OffloadedCostModel, OffloadHardware, Placement
+    from sim.powerinfer import HotColdCostModel
+    from sim.weight_offload import OffloadedCostModel, OffloadHardware, Placement
 
     if cfg.offload is not None and cfg.powerinfer is not None:
         raise ConfigError("give either offload (FlexGen placement) or powerinfer (hot/cold split), not both")

@@ -31,7 +31,8 @@ from workloads.build import build_workload
 
 from .build import build_cost_model, engine_config  # noqa: F401  (the runner's API since the first release)
 from .config import RunConfig, load_config
-from .deployment import Deployment, deployment_sections, request_columns
+from .deployment import Deployment
+from .deployment_summary import deployment_sections, request_columns
 
 
 @dataclass

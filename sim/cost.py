@@ -27,17 +27,19 @@ cached by (tokens, sampled sequences), and attention is priced from two sums in 
 """
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, fields, replace
 from functools import lru_cache
 from importlib import resources
 
 import yaml
 
+from .attention_cost import H2O_BYTES_PER_HEAD_TOKEN, MLA_HEADS_PER_CTA, SPLIT_PARTIAL_FP32, AttentionPricing  # noqa: F401
+from .collective_cost import (CollectivePricing, _expected_max_binomial, _validate_expert_parallel,  # noqa: F401
+                              allreduce_time)
 from .errors import CatalogError, ConfigError, DeploymentError, did_you_mean
-from .hardware import DTYPE_BYTES, GPUSpec, get_link
+from .hardware import DTYPE_BYTES, GPUSpec
 from .models import ModelSpec
 
 WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
@@ -52,15 +54,6 @@ INT4_KERNEL_BY_ENGINE = {"gpt-fast": "tinygemm"}
 # int4 KV cache: 4-bit values with an fp16 scale and zero point per head and token (lmdeploy's online KV
 # quantisation, "per-head per-token asymmetric"), i.e. 0.5 byte + 4 bytes / head_dim per element.
 KV_INT4_GROUP_BYTES = 4.0
-# H2O keeps, per query head and retained token, an fp32 accumulated attention score that each decode step
-# reads and writes (8 B), fed by the step's softmax probabilities, which the attention kernel must write out
-# (bf16, 2 B) and the accumulation read back (2 B): 12 bytes per head per retained token per layer.
-H2O_BYTES_PER_HEAD_TOKEN = 12.0
-# Split-KV (Flash-Decoding) partial results: per split, sequence and query head an fp32 output row and its
-# log-sum-exp, written by the split kernel and read by the combine kernel.
-SPLIT_PARTIAL_FP32 = 2 * 4.0
-# MLA decode kernels (FlashMLA) give one thread block 64 query heads of a sequence (its KV is one latent).
-MLA_HEADS_PER_CTA = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +209,12 @@ class EngineProfile:
     kernel_overrides: dict = field(default_factory=dict)   # KernelConstants the engine's own kernels change
     roofline_only: bool = False
 
+    def host_time(self, prefill_seqs: int, decode_seqs: int, tokens: int) -> float:
+        """The host's work for one step (scheduling, input preparation): every cost model prices it here, with
+        the same operations in the same order, so a fast-forwarded run and single steps agree to the bit."""
+        return (self.step_overhead_s + self.per_seq_overhead_s * (prefill_seqs + decode_seqs)
+                + self.per_prefill_seq_overhead_s * prefill_seqs + self.per_token_overhead_s * tokens)
+
 
 @lru_cache(maxsize=1)
 def _engine_profiles() -> dict[str, EngineProfile]:
@@ -326,7 +325,7 @@ class _Linear:
     ep: int = 1                # >1: whole experts spread over ep GPUs; the busiest GPU's touched experts are read
 
 
-class CostModel:
+class CostModel(AttentionPricing, CollectivePricing):
     """Prices iterations of one model replica (TP shard) on one GPU type.
 
     Variants (see docs/concepts/cost-model.md, "Variants"): ``flash_decoding`` (split-KV decode attention
@@ -493,108 +492,6 @@ class CostModel:
                            peak, ew_bw, 3, False))
         return ops
 
-    def _attention_coefficients(self) -> tuple[float, ...]:
-        m, t = self.model, self.tp
-        ab = DTYPE_BYTES[self.act_dtype]
-        heads = m.num_heads / t
-        if m.attention_type == "mla":
-            qk_dim = m.qk_nope_head_dim + m.qk_rope_head_dim
-            prefill_flops = 2.0 * heads * (qk_dim + m.v_head_dim)            # per (query, key) pair
-            decode_flops = 2.0 * heads * (2 * m.kv_lora_rank + m.qk_rope_head_dim)   # absorbed MLA
-            q_bytes = 2 * heads * qk_dim * ab
-            units = math.ceil(heads / MLA_HEADS_PER_CTA)
-            out_dim = m.kv_lora_rank
-        else:
-            prefill_flops = decode_flops = 4.0 * heads * m.head_dim
-            q_bytes = 2 * heads * m.head_dim * ab
-            units = max(1, m.num_kv_heads // t) if m.num_kv_heads >= t else 1
-            out_dim = m.head_dim
-        softmax_layers = m.num_softmax_layers
-        kv_tok = self.kv_bytes_per_token_per_gpu / softmax_layers if softmax_layers else 0.0
-        peak = self.gpu.peak_flops(self.act_dtype)
-        bw = self.gpu.memory_bw
-        # naive (non-flash) attention writes the score matrix and reads it back, once for softmax
-        self._score_bytes = 0.0 if self.flash_attention else 2 * 2 * heads * ab
-        # --- variants: layer groups (count, window), occupancy, int4 KV dequantisation, eviction, linear layers
-        sliding = m.num_sliding_layers
-        self._groups = tuple((n, w) for n, w in ((softmax_layers - sliding, 0), (sliding, m.sliding_window or 0))
-                             if n)
-        sms = self.gpu.sms
-        self._sms = 0.0 if (self._ideal or not sms) else float(sms)
-        self._units = float(units)                                # decode work units per sequence (KV heads)
-        self._split_tokens = self.k.flash_decoding_split_tokens
-        self._partial = SPLIT_PARTIAL_FP32 * heads * (out_dim + 1)   # bytes per extra split per sequence
-        kv_elems = kv_tok / self._kv_elem_bytes if kv_tok else 0.0
-        fp32 = self.gpu.peak_tflops.get("fp32")
-        self._dq = (kv_elems * self.k.int4_dequant_flops / (fp32 * 1e12)
-                    if self.kv_dtype == "int4" and fp32 and not self._ideal else 0.0)   # seconds per KV token
-        ev = self.kv_eviction
-        self._evict_frac = float(ev[1]) if ev and ev[0] == "h2o" else 1.0
-        # H2O keeps at least its floor of tokens (policies.kv_eviction: max(min_tokens, fraction x prompt))
-        self._evict_floor = float(ev[2]) if ev and ev[0] == "h2o" else 0.0
-        self._evict_budget = float(ev[2]) if ev and ev[0] == "streaming_llm" else 0.0
-        self._h2o_bytes = H2O_BYTES_PER_HEAD_TOKEN * heads if ev and ev[0] == "h2o" else 0.0
-        # linear attention: per token, S += k v^T and o = q S (4 d_k d_v FLOPs per head); per sequence and step,
-        # the fp32 state is read and written once
-        self._lin_layers = m.linear_attention_layers
-        self._lin_flops = 4.0 * m.linear_state_elements / t
-        self._lin_state = 2.0 * m.linear_state_elements / t * 4.0
-        d_rate, d_bw = peak, bw * self._eff(self.k.attn_decode_mem_eff)
-        # decode coefficients: seconds per KV token (compute, memory incl. H2O bookkeeping), per sequence (query
-        # read, output write), per extra split and sequence (partials), per KV token (int4 dequantisation)
-        self._dcoef = (decode_flops / d_rate, (kv_tok + self._h2o_bytes) / d_bw, q_bytes / d_bw,
-                       self._partial / d_bw, self._dq)
-        return (prefill_flops, decode_flops, kv_tok, q_bytes,
-                peak * self._eff(self.k.attn_prefill_compute_eff), bw * self._eff(self.k.mem_eff),
-                peak, bw * self._eff(self.k.attn_decode_mem_eff))
-
-    def _allreduce_coefficients(self) -> tuple[float, float, float, float]:
-        """(latency of a small message, latency of a large one, the size between them, seconds per byte
-        of the ring's bus traffic) of one all-reduce over the scale-up link; all 0 without TP."""
-        n = self.tp
-        if n == 1:
-            return 0.0, 0.0, 0.0, 0.0
-        if self.allreduce is not None and not self._ideal:
-            bw, latency = self.allreduce
-            small = self.engine.allreduce_latency_s
-            return small, max(small, latency), self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
-        link = self.gpu.scaleup or self.gpu.host_link
-        spec = get_link(link)
-        bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
-        if self._ideal:
-            return 0.0, 0.0, math.inf, 2.0 * (n - 1) / n / bw
-        small = self.engine.allreduce_latency_s
-        large = max(small, self.k.nccl_allreduce_latency_s)
-        return small, large, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
-
-    def _allreduce_time(self, tokens: int) -> float:
-        """Both all-reduces of every layer (after attention and after the FFN) for `tokens` rows; under expert
-        parallelism a MoE layer's FFN all-reduce is replaced by its dispatch and combine all-to-alls."""
-        small, large, limit, per_byte = self._collective
-        if not per_byte:
-            return 0.0
-        msg = tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
-        one = (small if msg <= limit else large) + msg * per_byte
-        if self.expert_parallel:
-            m = self.model
-            return (m.num_layers + m.num_dense_layers) * one + m.num_moe_layers * 2 * self._ep_alltoall(tokens)
-        return 2 * self.model.num_layers * one
-
-    def _ep_alltoall(self, tokens: int) -> float:
-        """One EP all-to-all: each GPU sends its 1/tp share of the tokens' hidden states to the GPUs of their
-        top-k experts (1/tp of them stay local); the hottest GPU receives `expert_skew` x the mean."""
-        m, t = self.model, self.tp
-        nbytes = tokens / t * m.experts_per_token * m.hidden_size * DTYPE_BYTES[self.act_dtype]
-        if self._alltoall is not None:
-            return self._alltoall(nbytes)
-        if self._ideal:
-            latency = 0.0
-        else:
-            latency = max(self.engine.allreduce_latency_s, self.k.nccl_allreduce_latency_s)
-        spec = get_link(self.gpu.scaleup or self.gpu.host_link)
-        bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
-        return latency + nbytes * (t - 1) / t * self.expert_skew / bw
-
     # ----------------------------------------------------------------- memory
     @property
     def _kv_elem_bytes(self) -> float:
@@ -689,143 +586,6 @@ class CostModel:
                      row_s=self._row_time(k_in * n_out))
         return self._op_cost(op, rows, rows).time_s
 
-    def _decode_attention(self, seqs, ctx, xp=None, detail: bool = False):
-        """Decode attention over all layers for `seqs` sequences with context sum `ctx` (sum of c + 1).
-
-        `ctx` is a number, or a numpy array when `xp` is numpy (`decode_run_times`); `_decode_scalar` is the
-        same arithmetic for one number, written out for speed: every path does the same float operations, so
-        they agree exactly. Per layer group (global / sliding-window layers): the KV read is the context,
-        min(ctx, seqs x window) for sliding layers (exact when every sequence is on one side of the window),
-        then the eviction policy's retained part; time = max(compute, memory, int4 dequantisation) / occupancy
-        + floors. Occupancy: work units = seqs x KV heads x KV splits fill waves of SMs
-        (units / (ceil(units / SMs) x SMs)); Flash-Decoding splits each sequence's KV while the units of one
-        wave leave SMs idle, never below `flash_decoding_split_tokens` per split.
-        """
-        if xp is None:
-            mn, mx, fl, ce = min, max, math.floor, math.ceil
-        else:
-            mn, mx, fl, ce = xp.minimum, xp.maximum, xp.floor, xp.ceil
-        d_tc, m1, m2, m3, dq = self._dcoef
-        total = 0.0
-        flops = nbytes = bound_c = bound_m = 0.0
-        sms = self._sms
-        for layers, window in self._groups:
-            c = mn(ctx, seqs * window) if window else ctx
-            if self._evict_budget:
-                c = mn(c, seqs * self._evict_budget)
-            if self._evict_frac != 1.0:
-                c = mx(c * self._evict_frac, mn(c, seqs * self._evict_floor))
-            s = 1.0
-            occ = 1.0
-            if sms:
-                base = seqs * self._units
-                if self.flash_decoding:
-                    s = mx(1.0, mn(fl(sms / base), ce(c / seqs / self._split_tokens)))
-                units = base * s
-                occ = units / (ce(units / sms) * sms)
-            tc = c * d_tc
-            tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
-            body = mx(tc, tm)
-            if dq:
-                body = mx(body, c * dq)
-            # one kernel, plus the combine kernel when the KV is split
-            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_seq * seqs)
-            if detail:
-                by = tm * self._attn[7]
-                flops, nbytes = flops + layers * self._attn[1] * c, nbytes + layers * by
-                bound_c, bound_m = bound_c + tc, bound_m + tm
-        if self._lin_layers:
-            tc = self._lin_flops * seqs / self._attn[6]
-            tm = self._lin_state * seqs / self._attn[7]
-            total = total + self._lin_layers * (mx(tc, tm) + self._floor)
-            if detail:
-                flops = flops + self._lin_layers * self._lin_flops * seqs
-                nbytes = nbytes + self._lin_layers * self._lin_state * seqs
-                bound_c, bound_m = bound_c + tc, bound_m + tm
-        if detail:
-            return total, flops, nbytes, "compute" if bound_c >= bound_m else "memory"
-        return total
-
-    def _decode_scalar(self, seqs: int, ctx: int) -> float:
-        """`_decode_attention` for one step (hot path of `step_time`): the same operations, inlined."""
-        d_tc, m1, m2, m3, dq = self._dcoef
-        total = 0.0
-        sms = self._sms
-        for layers, window in self._groups:
-            c = ctx
-            if window:
-                w = seqs * window
-                c = c if c < w else w
-            if self._evict_budget:
-                w = seqs * self._evict_budget
-                c = c if c < w else w
-            if self._evict_frac != 1.0:
-                kept = c * self._evict_frac
-                w = seqs * self._evict_floor
-                w = c if c < w else w
-                c = kept if kept > w else w
-            s = 1.0
-            occ = 1.0
-            if sms:
-                base = seqs * self._units
-                if self.flash_decoding:
-                    a, b = math.floor(sms / base), math.ceil(c / seqs / self._split_tokens)
-                    s = a if a < b else b
-                    s = s if s > 1.0 else 1.0
-                units = base * s
-                occ = units / (math.ceil(units / sms) * sms)
-            tc = c * d_tc
-            tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
-            body = tc if tc > tm else tm
-            if dq:
-                t = c * dq
-                body = body if body > t else t
-            k = s - 1.0
-            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0)) + self._dec_seq * seqs)
-        if self._lin_layers:
-            tc = self._lin_flops * seqs / self._attn[6]
-            tm = self._lin_state * seqs / self._attn[7]
-            total = total + self._lin_layers * ((tc if tc > tm else tm) + self._floor)
-        return total
-
-    def _prefill_attention(self, b: BatchShape, detail: bool = False):
-        """Prefill (chunked) attention over all layers; sliding layers see at most `window` keys per query:
-        pairs min(prefill_attn, tokens x W) and KV min(prefill_kv, seqs x W + tokens) (exact when every query
-        is on one side of the window)."""
-        pf, _, kv_tok, q_bytes, p_rate, p_bw, _, _ = self._attn
-        toks, seqs = b.prefill_tokens, b.prefill_seqs
-        total = flops = nbytes = bound_c = bound_m = 0.0
-        for layers, window in self._groups:
-            a, kv = b.prefill_attn, b.prefill_kv
-            if window:
-                a, kv = min(a, toks * window), min(kv, seqs * window + toks)
-            tc = pf * a / p_rate
-            by = kv * kv_tok + toks * q_bytes + a * self._score_bytes
-            tm = by / p_bw
-            body = max(tc, tm, kv * self._dq)
-            total += layers * (body + self._pre_floor + self._pre_tok * toks)
-            flops, nbytes = flops + layers * pf * a, nbytes + layers * by
-            bound_c, bound_m = bound_c + tc, bound_m + tm
-        if self._lin_layers:
-            # chunked linear attention: the state recurrence per token, the fp32 state read and written per sequence
-            tc = self._lin_flops * toks / p_rate
-            tm = self._lin_state * seqs / p_bw
-            total += self._lin_layers * (max(tc, tm) + self._floor)
-            flops += self._lin_layers * self._lin_flops * toks
-            nbytes += self._lin_layers * self._lin_state * seqs
-            bound_c, bound_m = bound_c + tc, bound_m + tm
-        if detail:
-            return total, flops, nbytes, "compute" if bound_c >= bound_m else "memory"
-        return total
-
-    def decode_attention_time(self, seqs: int, ctx_sum):
-        """Seconds of decode attention over all layers (a number, or a numpy array for an array `ctx_sum`):
-        the term `step_time` and `decode_run_times` add for `seqs` decoding sequences of context sum `ctx_sum`."""
-        if isinstance(ctx_sum, (int, float)):
-            return self._decode_scalar(seqs, ctx_sum)
-        import numpy as np
-        return self._decode_attention(seqs, np.asarray(ctx_sum, dtype=np.float64), np)
-
     def step_time(self, b: BatchShape) -> float:
         """Seconds for one iteration of batch `b`, engine overhead included."""
         if b.tokens == 0:
@@ -836,8 +596,7 @@ class CostModel:
         if b.decode_seqs:
             t += self._decode_scalar(b.decode_seqs, b.decode_ctx)
         e = self.engine
-        host = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
-                + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
+        host = e.host_time(b.prefill_seqs, b.decode_seqs, b.tokens)
         return max(t, host) if e.async_scheduling else t + host
 
     def decode_run_times(self, seqs: int, ctx_sum: int, steps: int):
@@ -853,7 +612,7 @@ class CostModel:
         ctx = ctx_sum + seqs * np.arange(steps, dtype=np.float64)
         attn = self._decode_attention(seqs, ctx, np)
         e = self.engine
-        host = e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0 + e.per_token_overhead_s * seqs
+        host = e.host_time(0, seqs, seqs)
         return np.maximum(base + attn, host) if e.async_scheduling else base + attn + host
 
     def decode_run_list(self, seqs: int, ctx_sum: int, steps: int) -> list[float]:
@@ -861,7 +620,7 @@ class CostModel:
         same operations on the same values, so the same times to the last bit."""
         base = self._linear_time(seqs, seqs)
         e = self.engine
-        host = e.step_overhead_s + e.per_seq_overhead_s * seqs + e.per_prefill_seq_overhead_s * 0 + e.per_token_overhead_s * seqs
+        host = e.host_time(0, seqs, seqs)
         attn = self._decode_scalar
         out = []
         for i in range(steps):
@@ -897,53 +656,13 @@ class CostModel:
                 out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,
                                   2 * self.model.num_layers * msg, "network"))
         e = self.engine
-        overhead = (e.step_overhead_s + e.per_seq_overhead_s * (b.prefill_seqs + b.decode_seqs)
-                    + e.per_prefill_seq_overhead_s * b.prefill_seqs + e.per_token_overhead_s * b.tokens)
+        overhead = e.host_time(b.prefill_seqs, b.decode_seqs, b.tokens)
         if e.async_scheduling:
             # the host prepares the next step while this one runs: only what the GPU time does not hide shows
             overhead = max(overhead - sum(r.time_s for r in out), 0.0)
         if overhead:
             out.append(OpCost("engine_overhead", overhead, 0.0, 0.0, "latency"))
         return [r for r in out if r.time_s > 0 or r.flops > 0]
-
-
-def allreduce_time(nbytes: float, n: int, bus_bw: float, latency: float) -> float:
-    """Seconds of one ring all-reduce of `nbytes` over `n` GPUs: latency + 2(n-1)/n x bytes / bus bandwidth.
-
-    `bus_bw` is the achievable per-GPU bandwidth in one direction (NCCL's "busbw"); fitted on the Vidur
-    DGX-A100 NCCL table in experiments/validation (family allreduce)."""
-    if n <= 1:
-        return 0.0
-    return latency + 2.0 * (n - 1) / n * nbytes / bus_bw
-
-
-def _expected_max_binomial(n: int, p: float, copies: int) -> float:
-    """E[max] of `copies` independent Binomial(n, p) counts: sum over k >= 1 of P(max >= k) = 1 - F(k - 1)^copies.
-    (Experts touched on the busiest of `copies` GPUs holding n experts each; treating the GPUs as independent
-    gives 1.13 for Mixtral's top-2 of 8 experts on 4 GPUs at one token, against 1.14 exactly.)"""
-    if p >= 1.0:
-        return float(n)
-    if p <= 0.0:
-        return 0.0
-    q = 1.0 - p
-    total, cdf = 0.0, 0.0
-    for k in range(n):
-        cdf += math.comb(n, k) * p ** k * q ** (n - k)
-        total += 1.0 - min(cdf, 1.0) ** copies
-    return total
-
-
-def _validate_expert_parallel(model: ModelSpec, tp: int, skew: float) -> None:
-    """EP spreads whole experts over the TP group: a MoE model whose expert count the group divides."""
-    if not model.is_moe:
-        raise ConfigError(f"parallelism.ep: {model.name} has no experts; expert parallelism is for MoE models "
-                          f"(set ep: 1)")
-    if model.num_experts % tp:
-        raise ConfigError(f"parallelism.ep={tp}: {model.name}'s {model.num_experts} experts do not split evenly over "
-                          f"{tp} GPUs; use an ep (= tp) that divides {model.num_experts}")
-    if not skew >= 1.0:
-        raise ConfigError(f"parallelism.expert_load_skew must be >= 1 (the hottest GPU's expert load over the mean), "
-                          f"got {skew!r}")
 
 
 def _validate(model: ModelSpec, gpu: GPUSpec, tp: int, weight_dtype: str, kv_dtype: str) -> None:

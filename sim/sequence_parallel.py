@@ -209,9 +209,7 @@ class SequenceParallelCostModel:
         return self._inner.model.num_layers * (self.combine_latency + (d - 1) * seqs * self._comb_bytes / self.link_bw)
 
     def _host(self, prefill_seqs: int, decode_seqs: int, tokens: int) -> float:
-        e = self._inner.engine
-        return (e.step_overhead_s + e.per_seq_overhead_s * (prefill_seqs + decode_seqs)
-                + e.per_prefill_seq_overhead_s * prefill_seqs + e.per_token_overhead_s * tokens)
+        return self._inner.engine.host_time(prefill_seqs, decode_seqs, tokens)
 
     def _local_tokens(self, b: BatchShape) -> int:
         """New tokens on the slowest rank: its slice of the prompt tokens, and every decoding token."""

@@ -18,7 +18,8 @@ from sim.errors import ConfigError, DeploymentError
 from sim.estimate import estimate
 from sim.hardware import get_gpu
 from sim.models import get_model
-from sim.weight_offload import (HotColdCostModel, OffloadedCostModel, OffloadHardware, Placement, best_policy,
+from sim.powerinfer import HotColdCostModel
+from sim.weight_offload import (OffloadedCostModel, OffloadHardware, Placement, best_policy,
                                 evaluate_policy)
 
 T4 = get_gpu("t4")
