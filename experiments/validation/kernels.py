@@ -396,7 +396,10 @@ def device_extra_points(gpu, eng) -> dict[str, list[Point]]:
     vit = EncoderCost(clip, gpu, engine=eng, llm_hidden=4096)
     sparse = CostModel(_model(DEVICE_ATTN_MODEL), gpu, weight_dtype="bf16", engine=eng, sparsity="2:4")
     dense = CostModel(_model(DEVICE_ATTN_MODEL), gpu, weight_dtype="bf16", engine=eng)
-    out: dict[str, list[Point]] = {"ViT encoder (CLIP-L/336)": [], "2:4 sparse GEMM speed-up": []}
+    fp8 = CostModel(_model(DEVICE_ATTN_MODEL), gpu, weight_dtype="fp8", engine=eng)
+    mixtral = CostModel(_model("mixtral-8x7b"), gpu, weight_dtype="bf16", engine=eng)
+    out: dict[str, list[Point]] = {"ViT encoder (CLIP-L/336)": [], "2:4 sparse GEMM speed-up": [], "gemm fp8 (W8A8)": [],
+                                   "MoE experts (Mixtral, grouped GEMM)": []}
     for r in rows:
         if r["kind"] == "vit_clip_l336":
             b = int(r["batch"])
@@ -407,6 +410,16 @@ def device_extra_points(gpu, eng) -> dict[str, list[Point]]:
             measured = r["dense_time_s"] / r["time_s"]
             predicted = dense.linear_time(m, k, n) / sparse.linear_time(m, k, n)
             out["2:4 sparse GEMM speed-up"].append(Point("2:4", f"{r['shape']} M={m}", measured, predicted, "x"))
+        elif r["kind"] == "gemm_fp8":
+            pred = fp8.linear_time(r["m"], r["k"], r["n"]) * 1e6
+            out["gemm fp8 (W8A8)"].append(Point("fp8", f"{r['shape']} M={r['m']}", float(r["time_s"]) * 1e6, pred,
+                                                "us"))
+        elif r["kind"] == "moe_grouped_ffn":
+            t = int(r["tokens"])
+            layer = next(o for o in mixtral.breakdown(BatchShape.decode(t, 1)) if o.name == "moe_experts")
+            pred = layer.time_s / mixtral.model.num_moe_layers * 1e6
+            out["MoE experts (Mixtral, grouped GEMM)"].append(Point("moe", f"{t} tokens", float(r["time_s"]) * 1e6,
+                                                                    pred, "us"))
     return out
 
 
@@ -414,6 +427,13 @@ DEVICE_NOTES = {
     "ViT encoder (CLIP-L/336)": "policies/encoder_cost.py's roofline of the vision tower (GEMMs at the Hopper GEMM "
                                 "constants, bidirectional attention over 577 positions, kernel floors); no encoder "
                                 "measurement exists in ../shared/reference, so this is its only check",
+    "gemm fp8 (W8A8)": "fp8 weights and activations (torch._scaled_mm, per-tensor scales) priced at the fp8 peak "
+                       "and byte count with the bf16 GEMM constants",
+    "MoE experts (Mixtral, grouped GEMM)": "moe_experts of one layer: the touched experts' weights at "
+                                           "moe_expert_mem_eff (fitted on vLLM's fused_moe runs) and the routed "
+                                           "tokens' FLOPs, against torch._grouped_mm (gate/up, SiLU-and-mul, down) "
+                                           "with uniform routing; the model's expected touched experts (1 - (1 - "
+                                           "k/E)^tokens) vs the measured kernel's exact count",
     "2:4 sparse GEMM speed-up": "dense time / sparse time; the model doubles the tensor rate and streams 0.56x the "
                                 "weights (datasheet ceiling). PyTorch's semi-structured kernels give 1.0-1.4x at "
                                 "1k-8k rows and run slower than dense below 256 rows (metadata decode, no "

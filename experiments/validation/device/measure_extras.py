@@ -99,9 +99,63 @@ def measure_int8(out: list, errors: list) -> None:
         torch.cuda.empty_cache()
 
 
+def measure_fp8(out: list, errors: list) -> None:
+    """W8A8 fp8 GEMMs (torch._scaled_mm, per-tensor scales, e4m3) against bf16 on the same shapes."""
+    for name in ("llama3-8b.gate_up", "llama3-8b.down", "llama2-70b.qkv"):
+        k, n = GEMM_SHAPES[name]
+        ws = _copies(lambda: torch.randn(n, k, device="cuda", dtype=torch.bfloat16).to(torch.float8_e4m3fn), 3e8, n * k)
+        one = torch.tensor(1.0, device="cuda")
+        for m in (16, 64, 256, 1024, 4096, 8192):
+            x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16).to(torch.float8_e4m3fn)
+            try:
+                t = _bench(_rotating(lambda w: torch._scaled_mm(x, w.t(), scale_a=one, scale_b=one,
+                                                                out_dtype=torch.bfloat16), ws))
+            except Exception as exc:
+                errors.append(f"fp8 {name} m={m}: {exc!r}")
+                return
+            out.append({"graphed": _bench.graphed, "kind": "gemm_fp8", "shape": name, "m": m, "k": k, "n": n,
+                        "time_s": t})
+        del ws
+        torch.cuda.empty_cache()
+
+
+def measure_moe(out: list, errors: list) -> None:
+    """Mixtral-8x7B's expert FFN (8 experts, top-2, hidden 4096, intermediate 14336) as a grouped GEMM
+    (torch._grouped_mm, bf16): gate/up then down over the tokens routed to each expert, uniform routing."""
+    if not hasattr(torch, "_grouped_mm"):
+        errors.append("moe: torch._grouped_mm missing")
+        return
+    e, h, inter, top_k = 8, 4096, 14336, 2
+    w1 = torch.randn(e, h, 2 * inter, device="cuda", dtype=torch.bfloat16) * 0.01
+    w2 = torch.randn(e, inter, h, device="cuda", dtype=torch.bfloat16) * 0.01
+    for tokens in (1, 4, 16, 64, 256, 1024, 4096):
+        rows = tokens * top_k
+        counts = torch.full((e,), rows // e, dtype=torch.int32)
+        counts[: rows % e] += 1
+        # at small batches only the experts a token picks get rows: top-2 of 8 at one token
+        if tokens * top_k < e:
+            counts = torch.zeros(e, dtype=torch.int32)
+            counts[: tokens * top_k] = 1
+        offs = torch.cumsum(counts, 0).to(torch.int32).cuda()
+        x = torch.randn(rows, h, device="cuda", dtype=torch.bfloat16)
+
+        def ffn():
+            a = torch._grouped_mm(x, w1, offs=offs)
+            g = F.silu(a[:, :inter]) * a[:, inter:]
+            return torch._grouped_mm(g, w2, offs=offs)
+        try:
+            t = _bench(ffn, reps=10)
+        except Exception as exc:
+            errors.append(f"moe tokens={tokens}: {exc!r}")
+            return
+        out.append({"graphed": _bench.graphed, "kind": "moe_grouped_ffn", "model": "mixtral-8x7b", "tokens": tokens,
+                    "experts_touched": int((counts > 0).sum()), "time_s": t})
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
+    parser.add_argument("--only", default="", help="comma-separated subset: vit,sparse,int8,fp8,moe")
     args = parser.parse_args()
     props = torch.cuda.get_device_properties(0)
     meta = {"device": props.name, "sms": props.multi_processor_count, "torch": torch.__version__,
@@ -110,7 +164,11 @@ def main() -> int:
     rows: list = []
     errors: list = []
     torch.manual_seed(0)
-    for name, step in (("vit", measure_vit), ("sparse", measure_sparse), ("int8", measure_int8)):
+    steps = {"vit": measure_vit, "sparse": measure_sparse, "int8": measure_int8, "fp8": measure_fp8,
+             "moe": measure_moe}
+    only = [n for n in args.only.split(",") if n] or list(steps)
+    for name in only:
+        step = steps[name]
         t0 = time.time()
         try:
             step(rows, errors)
@@ -124,7 +182,7 @@ def main() -> int:
         print("ERROR", e)
     for r in rows:
         extra = f" dense {r['dense_time_s'] * 1e6:.1f} us" if "dense_time_s" in r else ""
-        print(r["kind"], r.get("shape", ""), r.get("m", r.get("batch")), f"{r['time_s'] * 1e6:.1f} us{extra}")
+        print(r["kind"], r.get("shape", ""), r.get("m", r.get("batch", r.get("tokens"))), f"{r['time_s'] * 1e6:.1f} us{extra}")
     return 0
 
 
