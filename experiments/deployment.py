@@ -60,7 +60,8 @@ from sim.kvcache import KVCacheManager
 from sim.links import FlowNetwork
 from sim.request import FINISHED, REJECTED, Request
 from sim.pipeline import Pipeline
-from topologies import GroupRequest, allreduce_params, alltoall_time, build_cluster, default_cluster, p2p_time, place
+from topologies import (GroupRequest, allreduce_params, alltoall_time, build_cluster, default_cluster_for, p2p_time,
+                        place)
 
 from .build import ReplicaPlan, build_cost_model, build_policies, build_scheduler, plan_replica
 from .config import RunConfig
@@ -128,11 +129,8 @@ class Deployment:
             for _, count, tp, pp, gpu, _ in groups:
                 name = get_gpu(gpu).name
                 needs[name] = needs.get(name, 0) + count * tp * pp
-            if len(needs) > 1:
-                raise ConfigError(f"pools on different GPUs ({', '.join(needs)}) need a cluster that has both; "
-                                  f"give `cluster:` as a graph file (topology: path/to/graph.json)")
-            (gpu_name, gpus_needed), = needs.items()
-            self.cluster = default_cluster(gpu_name, gpus_needed)
+            # one part: its usual servers; several (e.g. H100 prefill, H200 decode): servers of each on one fabric
+            self.cluster = default_cluster_for(needs)
         placements = place(self.cluster, [GroupRequest(name, count, tp, pp=pp, gpu=gpu, allow_cross_node_tp=cross)
                                           for name, count, tp, pp, gpu, cross in groups])
         # with timeseries sampling on, every link's utilisation change point is kept for the results

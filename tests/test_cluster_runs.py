@@ -256,3 +256,17 @@ def test_a_cluster_config_round_trips_through_its_dump_and_a_sweep(tmp_path):
     (tmp_path / "sweep.yaml").write_text(yaml.safe_dump(sweep))
     res = run_sweep(tmp_path / "sweep.yaml", tmp_path / "sweep", workers=1, report=False)
     assert (res.table["status"] == "ok").all(), res.table.get("error")
+
+
+def test_pools_on_different_gpus_get_a_default_cluster_of_both_parts():
+    """H100 prefill and H200 decode without `cluster:`: servers of each part on one fabric, so the KV transfer
+    leaves the NVLink domain (slower than between two H100s of one server) and decode runs on the H200s."""
+    base = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100"}, "seed": 1, "sim": {"progress": False},
+            "workload": {"type": "poisson", "stages": [{"rate": 4, "duration_s": 20}], "input_len": 2000,
+                         "output_len": 100}}
+    same = run({**base, "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}}).summary
+    mixed = run({**base, "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1, "gpu": "h200"}}}).summary
+    assert mixed["requests"]["completed"] == mixed["requests"]["total"] > 50
+    assert mixed["kv_transfer_s"]["mean"] > 3 * same["kv_transfer_s"]["mean"]
+    assert mixed["tpot_s"]["mean"] < same["tpot_s"]["mean"]          # H200's 4.8 TB/s against 3.35
+    assert {p["gpu"] for p in mixed["pools"].values()} == {"h100-sxm-80gb", "h200-sxm-141gb"}

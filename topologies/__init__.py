@@ -9,10 +9,10 @@
 """
 from __future__ import annotations
 
-from .builders import ClusterSpec, build_cluster, default_cluster, usual_server
+from .builders import ClusterSpec, build_cluster, default_cluster, default_cluster_for, usual_server
 from .collectives import allreduce_params, allreduce_time, alltoall_time, p2p_time
 from .graph import Cluster, link_id
 from .placement import GroupRequest, Placement, place
 
 __all__ = ["Cluster", "ClusterSpec", "GroupRequest", "Placement", "allreduce_params", "allreduce_time",
-           "alltoall_time", "build_cluster", "default_cluster", "link_id", "p2p_time", "place", "usual_server"]
+           "alltoall_time", "build_cluster", "default_cluster", "default_cluster_for", "link_id", "p2p_time", "place", "usual_server"]

@@ -391,6 +391,34 @@ def default_cluster(gpu_name: str, gpus_needed: int) -> Cluster:
     return _build(server, gpu, ClusterSpec(nodes=nodes))
 
 
+def default_cluster_for(needs: Mapping[str, int]) -> Cluster:
+    """Enough servers of each part's usual kind for `needs` (GPU name -> GPUs), joined by one fabric (the first
+    part's default): the default cluster of a deployment whose pools run on different GPUs, e.g. H100 prefill and
+    H200 decode instances, whose KV transfers then cross the fabric."""
+    if len(needs) == 1:
+        (name, count), = needs.items()
+        return default_cluster(name, count)
+    g = nx.DiGraph()
+    nics: list[list[str]] = []
+    fabric_name = None
+    labels = []
+    for gpu_name, count in needs.items():
+        gpu = get_gpu(gpu_name)
+        server = usual_server(gpu)
+        per_node = 1 if server == "edge" else gpu.gpus_per_node
+        nodes = max(1, math.ceil(max(int(count), 1) / per_node))
+        for _ in range(nodes):
+            nics.append(SERVERS[server](g, len(nics), gpu, ClusterSpec(nodes=nodes)))
+        params = presets()["servers"].get(server) or {}
+        fabric_name = fabric_name or params.get("fabric") or _host_defaults(gpu).get("fabric")
+        labels.append(f"{server}-{gpu.name}-x{nodes}")
+    if fabric_name and any(nics):
+        fab = presets()["fabric"]
+        _wire_fabric(g, nics, get_link(fabric_name), fab["layout"], float(fab["oversubscription"]),
+                     int(fab["nodes_per_leaf"]))
+    return Cluster(g, name="+".join(labels))
+
+
 def build_cluster(spec: Mapping[str, Any] | ClusterSpec | Cluster | nx.DiGraph | None, default_gpu: str) -> Cluster:
     """The cluster a user described (a mapping as in YAML, a `ClusterSpec`, a graph, or a `Cluster`)."""
     if isinstance(spec, Cluster):
@@ -441,4 +469,5 @@ def _resolve_gpu(name: str) -> GPUSpec:
 
 
 __all__ = ["GRAPH_SUFFIXES", "LAYOUTS", "SERVERS", "Builder", "ClusterSpec", "build_cluster", "default_cluster",
+           "default_cluster_for",
            "edge", "hgx", "multi_node", "nvl72", "pcie_server", "presets", "usual_server"]
