@@ -269,24 +269,10 @@ class KVCacheManager:
     def append_blocks(self, req_ids: Sequence[int]) -> None:
         """``append_block`` for each of `req_ids`, in order (a fast-forwarded run's block boundaries); the caller
         checked that the pool holds them all."""
-        free = self._free
-        popitem = free.popitem
-        bhash = self._hash
-        ref = self._ref
         owned = self._req_blocks
-        hook = self.evict_hook
-        for rid in req_ids:
-            b = popitem(last=False)[0]
-            h = bhash[b]
-            if h is not None:
-                del self._cache[h]
-                bhash[b] = None
-                self.evictions += 1
-                if hook is not None:
-                    hook(h)
-            ref[b] = 1
+        for rid, b in zip(req_ids, self._take(len(req_ids))):
             owned[rid].append(b)
-        used = self.num_blocks - len(free)     # nothing is freed in between: the last count is the peak
+        used = self.num_blocks - len(self._free)     # nothing is freed in between: the last count is the peak
         if used > self.peak_used_blocks:
             self.peak_used_blocks = used
 
