@@ -38,6 +38,8 @@ from .request import FINISHED, KV_UNBOUNDED, PREEMPTED, REJECTED, RUNNING, SWAPP
 MAX_RUN_STEPS = 4096
 #: Runs up to this many steps are priced with plain floats (`CostModel.decode_run_list`), longer ones with numpy.
 SHORT_RUN = 48
+#: Steps priced at first in a short run (then twice as many each time the run goes on uninterrupted).
+RUN_CHUNK = 8
 
 
 @dataclass(frozen=True, slots=True)
@@ -725,26 +727,38 @@ class Replica:
         seqs = cohort.size
         clock = self.clock
         if k <= SHORT_RUN and self._run_list is not None:
-            # a short run (the usual one under steady arrivals): plain floats beat a dozen numpy calls
-            times = self._run_list(seqs, cohort.ctx, k)
-            ends = []
-            t = clock
-            for x in times:
-                t = t + x
-                ends.append(t)
+            # a short run (the usual one under steady arrivals): plain floats beat a dozen numpy calls, priced a
+            # few steps at a time because an arrival usually cuts the run before its end
+            times: list = []
+            ends: list = []
+            self._run_ends = ends
+            done = 0
+            while True:
+                self._price_more(times, ends, seqs, clock, min(k, max(RUN_CHUNK, 2 * len(ends))))
+                try:
+                    yield env.timeout(ends[-1] - env.now)
+                except simpy.Interrupt:
+                    done = min(bisect_left(ends, env.now) + self._lag, k)
+                    if done > len(ends):                 # the lag reaches past what was priced
+                        self._price_more(times, ends, seqs, clock, done)
+                    yield env.timeout(max(ends[done - 1] - env.now, 0.0))
+                    break
+                if len(ends) == k:
+                    done = k
+                    break
         else:
             arr = self.cost.decode_run_times(seqs, cohort.ctx, k)
-            # cumsum adds sequentially, as the loop above does: both paths give the same end times
+            # cumsum adds sequentially, as the loop in _price_more does: both paths give the same end times
             ends = np.cumsum(np.concatenate(([clock], arr)))[1:].tolist()
             times = arr.tolist()
-        self._run_ends = ends
-        try:
-            yield env.timeout(ends[-1] - env.now)
-            done = k
-        except simpy.Interrupt:
-            j = bisect_left(ends, env.now)
-            done = min(j + self._lag, k)
-            yield env.timeout(max(ends[done - 1] - env.now, 0.0))
+            self._run_ends = ends
+            try:
+                yield env.timeout(ends[-1] - env.now)
+                done = k
+            except simpy.Interrupt:
+                j = bisect_left(ends, env.now)
+                done = min(j + self._lag, k)
+                yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         kv = self.kv
         due = cohort.pop_due_blocks(cohort.tick + done)
@@ -785,6 +799,19 @@ class Replica:
         self.clock = end
         for req in cohort.pop_finished():
             self._complete(req, end)
+
+    def _price_more(self, times: list, ends: list, seqs: int, clock: float, upto: int) -> None:
+        """Extend a short run's step times and end times to `upto` steps (the cohort's context grows by `seqs`
+        per step; the ints stay exact, so pricing in pieces gives the same floats as pricing at once)."""
+        have = len(ends)
+        if upto <= have:
+            return
+        more = self._run_list(seqs, self.cohort.ctx + seqs * have, upto - have)
+        t = ends[-1] if ends else clock
+        for x in more:
+            t = t + x
+            ends.append(t)
+        times.extend(more)
 
     def _record_run(self, e: list, seqs: int) -> None:
         """Step records of a fast-forwarded run (called before `clock` moves to its end)."""
