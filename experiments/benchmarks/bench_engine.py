@@ -113,7 +113,8 @@ def write_report(rows: list[dict], path: Path) -> None:
              "Measured by `python -m experiments.benchmarks.bench_engine` (regenerate after engine changes).",
              f"Machine: {platform.processor() or platform.machine()}, Python {platform.python_version()}, "
              f"{platform.system()}; one core (the simulator is single-threaded); "
-             f"measured {time.strftime('%Y-%m-%d')}.", "",
+             f"measured {time.strftime('%Y-%m-%d')}. This is a shared virtual machine: the same code has measured "
+             "up to ~10% apart an hour apart, so compare runs made back to back.", "",
              "`wall_s` is `summary.sim.wall_time_s`: the simulation from the first event to the last, "
              "without start-up or writing outputs (the cluster row times the whole `run()` call).", "",
              "| scenario | requests | iterations | wall (s) | target | peak RSS (MB) |", "|---|---|---|---|---|---|"]
