@@ -107,14 +107,14 @@ def offloaded_cost(cfg: RunConfig, cost: CostModel):
     unknown = sorted(set(spec) - own)
     if unknown:
         raise ConfigError(f"{key}.{unknown[0]}: unknown key; known: {', '.join(sorted(own | set(_HARDWARE_KEYS)))}")
-    try:
-        hw = OffloadHardware.for_gpu(cost.gpu, **hw_args)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise ConfigError(f"{key}: {exc}") from None
     for name, value in {**spec, **hw_args}.items():
         if name not in ("cpu_attention", "overlap", "disk", "host_memory") and value is not None and (
                 isinstance(value, bool) or not isinstance(value, (int, float))):
             raise ConfigError(f"{key}.{name}: must be a number, got {value!r}")
+    try:
+        hw = OffloadHardware.for_gpu(cost.gpu, **hw_args)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise ConfigError(f"{key}: {exc}") from None
     if key == "offload":
         try:
             placement = Placement(**spec)

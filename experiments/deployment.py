@@ -53,6 +53,7 @@ from policies.cascade import DifficultyCascade
 from policies.multimodal import make_encoder_stage
 from policies.result_cache import make_result_cache
 from policies.routing import make_router
+from sim import registry
 from sim.engine import Replica, RequestLog
 from sim.errors import ConfigError, DeploymentError
 from sim.hardware import get_gpu
@@ -173,6 +174,9 @@ class Deployment:
                     self.replicas.append(rep)
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
+            if len(replicas) > 1 and getattr(registry.get("router", router_name), "reads_kv", False):
+                for rep in replicas:
+                    rep.kv_observed = True
             self.pools.append(Pool(name, plan, replicas, router, replicas, cost.model.name))
         self.placements = placements
         self.rejected = 0
@@ -272,6 +276,9 @@ class Deployment:
         per_replica = len(self.replicas) // a.max_replicas                  # pp virtual engines share a replica
         if per_replica != 1:
             raise ConfigError("autoscaling with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
+        if getattr(registry.get("autoscaler", a.policy), "reads_kv", False):
+            for rep in pool.replicas:
+                rep.kv_observed = True
         self.scaler = ScalingController(
             self.env, pool.replicas, pool.routable, make_autoscaler(a.policy, a.policy_options, rng),
             initial=cfg.replica_groups()[0][1], min_replicas=a.min_replicas, max_replicas=a.max_replicas,
@@ -385,9 +392,7 @@ class Deployment:
                 self._served(req)
                 return
         self._in_stages -= 1
-        if env.now > req.arrival:
-            req.enqueued = env.now      # a stage held it: the replica sees it from now (async scheduling's lag)
-        self._dispatch(req)
+        self._dispatch(req)            # (Replica.enqueue stamps the time it is handed over: `enqueued`)
 
     def _served(self, req: Request) -> None:
         """A stage answered (or refused) the request: complete it now (see the module docstring)."""

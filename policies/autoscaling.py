@@ -79,6 +79,8 @@ class QueueLength:
 class KVUsage:
     """Scale on the active replicas' mean KV-cache usage, HPA style."""
 
+    reads_kv = True      # KV usage: the replicas must not fast-forward across block boundaries
+
     class Options(BaseModel):
         """The options this plugin takes in YAML (validated at the config boundary)."""
         model_config = ConfigDict(extra="forbid")

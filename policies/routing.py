@@ -109,6 +109,10 @@ def least_kv_usage(req: Request, replicas: Sequence[Any]) -> int:
     return min(range(len(replicas)), key=lambda i: (replicas[i].kv.usage, replicas[i].outstanding, i))
 
 
+# reads KV state: the replicas must not fast-forward across KV block boundaries (sim.engine.Replica.kv_observed)
+least_kv_usage.reads_kv = True
+
+
 @register("router", "power_of_two")
 class PowerOfTwo:
     """The less loaded of two distinct random replicas (Mitzenmacher's power of two choices).
@@ -147,6 +151,8 @@ class PrefixAffinity:
     then lower position. ``load_guard`` is a queue-length difference: 0 follows the cache only between
     equally loaded replicas, a large value follows it regardless of load.
     """
+
+    reads_kv = True      # the prefix cache's content: see least_kv_usage.reads_kv
 
     class Options(BaseModel):
         """The options this plugin takes in YAML (validated at the config boundary)."""

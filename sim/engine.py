@@ -232,6 +232,7 @@ class Replica:
         self._run_list = cost.decode_run_list if hasattr(type(cost), "decode_run_list") else None
         self._admitted = 0
         self.extra_step_s = 0.0      # seconds added to the next step (inline multimodal encoding); see _take_extra
+        self.kv_observed = False     # set when a router / autoscaler reads this replica's KV state between steps
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
         # Arrivals up to this time may be scheduled at the current scheduling point. With async
         # scheduling the plan for the next step was made when the last step started, so requests that
@@ -254,6 +255,9 @@ class Replica:
     def enqueue(self, req: Request) -> None:
         """Accept an arriving request: hash its prompt blocks, queue it and wake (or interrupt) the replica loop."""
         req.replica = self.index
+        now = self.env.now
+        if now > req.enqueued:
+            req.enqueued = now        # handed over late (a front-end stage, a KV transfer, an escalation): visible from now
         if self.admission is not None and not self.admission.admit(req, self, self.env.now):
             req.state = REJECTED
             self.steps.rejected += 1
@@ -665,9 +669,10 @@ class Replica:
 
     def _cohort_run_length(self) -> int:
         cohort = self.cohort
-        if self.tiers is not None:
+        if self.tiers is not None or self.kv_observed:
             # a new block may evict a cached one, whose copy down to the offload tier must start when the exact loop
-            # would start it: run only on the blocks the members hold (the boundary step is then an exact one)
+            # would start it; and a router or autoscaler that reads KV usage or the prefix cache mid-run must see what
+            # the exact loop shows: run only on the blocks the members hold (the boundary step is then an exact one)
             k_kv = cohort.min_slack()
         else:
             k_kv = (self.kv.num_free_blocks // cohort.size) * self.engine.block_size + cohort.min_slack()

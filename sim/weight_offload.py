@@ -16,7 +16,7 @@ per step for the whole batch (the zig-zag schedule runs every micro-batch throug
 on), so the load is amortised over the batch and throughput grows with batch until compute or the KV
 traffic dominates: the best batch depends on the placement (`best_policy` searches both).
 
-`HotColdCostModel` is PowerInfer's split (Song et al., SOSP'24): the hot fraction of each FFN's neurons
+`sim.powerinfer.HotColdCostModel` is PowerInfer's split (Song et al., SOSP'24): the hot fraction of each FFN's neurons
 stays on the GPU, the cold rest is computed by the CPU from host DRAM, and the inactive neurons of a
 ReLU FFN (`activation_sparsity`) are skipped on both sides.
 
@@ -485,3 +485,11 @@ def max_batch(base: CostModel, placement: Placement, prompt_len: int, gen_len: i
 __all__ = ["DEFAULT_HOST_FLOPS", "LayerCost", "OffloadHardware", "OffloadedCostModel",
            "Placement", "PolicyResult", "best_policy", "candidate_placements", "evaluate_policy",
            "generation_time", "max_batch"]
+
+
+def __getattr__(name: str):
+    """`HotColdCostModel` moved to `sim.powerinfer`; still importable from here."""
+    if name == "HotColdCostModel":
+        from .powerinfer import HotColdCostModel
+        return HotColdCostModel
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

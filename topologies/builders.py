@@ -405,7 +405,10 @@ def default_cluster_for(needs: Mapping[str, int]) -> Cluster:
     for gpu_name, count in needs.items():
         gpu = get_gpu(gpu_name)
         server = usual_server(gpu)
-        per_node = 1 if server == "edge" else gpu.gpus_per_node
+        if server == "edge":
+            raise ConfigError(f"pools on {', '.join(needs)}: an edge device ({gpu.name}) has no network to the other "
+                              f"pools' servers; give `cluster:` as a graph file that connects them")
+        per_node = gpu.gpus_per_node
         nodes = max(1, math.ceil(max(int(count), 1) / per_node))
         for _ in range(nodes):
             nics.append(SERVERS[server](g, len(nics), gpu, ClusterSpec(nodes=nodes)))
