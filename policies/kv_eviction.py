@@ -44,7 +44,11 @@ class StreamingLLM:
         self.budget = options.sink_tokens + options.window_tokens
 
     def cap(self, req) -> int:
-        """The request's KV budget in tokens: sinks + window, whatever its length."""
+        """The request's KV budget in tokens."""
+        return self.cap_for(req.prompt_len)
+
+    def cap_for(self, prompt_len: int) -> int:
+        """The KV budget of a sequence whose prompt is `prompt_len` tokens: sinks + window, whatever its length."""
         return self.budget
 
     def cost_terms(self) -> tuple[str, float, int]:
@@ -71,9 +75,13 @@ class H2O:
         self.options = options
 
     def cap(self, req) -> int:
-        """The request's KV budget in tokens: a fraction of its prompt, at least min_tokens."""
+        """The request's KV budget in tokens."""
+        return self.cap_for(req.prompt_len)
+
+    def cap_for(self, prompt_len: int) -> int:
+        """The KV budget of a sequence whose prompt is `prompt_len` tokens: a fraction of it, at least min_tokens."""
         o = self.options
-        return max(o.min_tokens, math.ceil(o.retained_fraction * req.prompt_len))
+        return max(o.min_tokens, math.ceil(o.retained_fraction * prompt_len))
 
     def cost_terms(self) -> tuple[str, float, int]:
         """(kind, retained fraction, budget floor) for the cost model's decode-attention pricing."""
@@ -94,10 +102,7 @@ def make_kv_eviction(spec: dict | None):
 
 def retained_tokens(policy, tokens: int) -> int:
     """KV tokens a sequence of `tokens` tokens (prompt as long as it) holds under `policy` (None: all)."""
-    if policy is None:
-        return tokens
-    from types import SimpleNamespace
-    return min(tokens, policy.cap(SimpleNamespace(prompt_len=tokens)))
+    return tokens if policy is None else min(tokens, policy.cap_for(tokens))
 
 
 __all__ = ["StreamingLLM", "H2O", "make_kv_eviction", "retained_tokens"]

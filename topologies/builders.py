@@ -312,15 +312,32 @@ def _build(server: str, gpu: GPUSpec, spec: ClusterSpec, name: str | None = None
     nodes = spec.nodes or 1
     nics = [SERVERS[server](g, i, gpu, spec) for i in range(nodes)]
     if nodes > 1:
-        params = presets()["servers"].get(server) or {}
-        fabric_name = spec.fabric or params.get("fabric") or _host_defaults(gpu).get("fabric")
-        if fabric_name and any(nics):
-            fab = presets()["fabric"]
-            _wire_fabric(g, nics, get_link(fabric_name), spec.layout or fab["layout"],
-                         float(spec.oversubscription or fab["oversubscription"]),
-                         spec.nodes_per_leaf or int(fab["nodes_per_leaf"]))
+        _join(g, nics, spec.fabric or _default_fabric(server, gpu), spec)
     label = name or spec.name or f"{server}-{gpu.name}" + (f"-x{nodes}" if nodes > 1 else "")
     return Cluster(g, name=label)
+
+
+def _default_fabric(server: str, gpu: GPUSpec) -> str | None:
+    """The scale-out link a server of this kind and part comes with (presets, else the part's host defaults)."""
+    params = presets()["servers"].get(server) or {}
+    return params.get("fabric") or _host_defaults(gpu).get("fabric")
+
+
+def _join(g: nx.DiGraph, nics: list[list[str]], fabric_name: str | None, spec: ClusterSpec) -> None:
+    """Join the servers' NICs by `fabric_name` with the spec's layout, oversubscription and leaf size (or the
+    presets' defaults); nothing without a fabric or NICs."""
+    if fabric_name and any(nics):
+        fab = presets()["fabric"]
+        _wire_fabric(g, nics, get_link(fabric_name), spec.layout or fab["layout"],
+                     float(spec.oversubscription or fab["oversubscription"]),
+                     spec.nodes_per_leaf or int(fab["nodes_per_leaf"]))
+
+
+def _servers_for(gpu: GPUSpec, gpus_needed: int) -> tuple[str, int]:
+    """The part's usual server kind and how many of them hold `gpus_needed` GPUs."""
+    server = usual_server(gpu)
+    per_node = 1 if server == "edge" else gpu.gpus_per_node
+    return server, max(1, math.ceil(max(int(gpus_needed), 1) / per_node))
 
 
 # --------------------------------------------------------------------- registered builders
@@ -385,9 +402,7 @@ def usual_server(gpu: GPUSpec) -> str:
 def default_cluster(gpu_name: str, gpus_needed: int) -> Cluster:
     """Enough servers of the part's usual kind to hold `gpus_needed` GPUs."""
     gpu = get_gpu(gpu_name)
-    server = usual_server(gpu)
-    per_node = 1 if server == "edge" else gpu.gpus_per_node
-    nodes = max(1, math.ceil(max(int(gpus_needed), 1) / per_node))
+    server, nodes = _servers_for(gpu, gpus_needed)
     return _build(server, gpu, ClusterSpec(nodes=nodes))
 
 
@@ -404,21 +419,15 @@ def default_cluster_for(needs: Mapping[str, int]) -> Cluster:
     labels = []
     for gpu_name, count in needs.items():
         gpu = get_gpu(gpu_name)
-        server = usual_server(gpu)
+        server, nodes = _servers_for(gpu, count)
         if server == "edge":
             raise ConfigError(f"pools on {', '.join(needs)}: an edge device ({gpu.name}) has no network to the other "
                               f"pools' servers; give `cluster:` as a graph file that connects them")
-        per_node = gpu.gpus_per_node
-        nodes = max(1, math.ceil(max(int(count), 1) / per_node))
         for _ in range(nodes):
             nics.append(SERVERS[server](g, len(nics), gpu, ClusterSpec(nodes=nodes)))
-        params = presets()["servers"].get(server) or {}
-        fabric_name = fabric_name or params.get("fabric") or _host_defaults(gpu).get("fabric")
+        fabric_name = fabric_name or _default_fabric(server, gpu)
         labels.append(f"{server}-{gpu.name}-x{nodes}")
-    if fabric_name and any(nics):
-        fab = presets()["fabric"]
-        _wire_fabric(g, nics, get_link(fabric_name), fab["layout"], float(fab["oversubscription"]),
-                     int(fab["nodes_per_leaf"]))
+    _join(g, nics, fabric_name, ClusterSpec())
     return Cluster(g, name="+".join(labels))
 
 

@@ -13,7 +13,6 @@ vision tower is built from its published config with random initialisation: no d
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from measure_kernels import GEMM_SHAPES, _bench, _copies, _rotating  # noqa: E402
+from measure_kernels import GEMM_SHAPES, _bench, _copies, _rotating, run_steps  # noqa: E402
 
 
 def measure_vit(out: list, errors: list) -> None:
@@ -167,19 +166,7 @@ def main() -> int:
     steps = {"vit": measure_vit, "sparse": measure_sparse, "int8": measure_int8, "fp8": measure_fp8,
              "moe": measure_moe}
     only = [n for n in args.only.split(",") if n] or list(steps)
-    for name in only:
-        step = steps[name]
-        t0 = time.time()
-        try:
-            step(rows, errors)
-        except Exception as exc:
-            errors.append(f"{name}: {exc!r}")
-        print(f"{name}: {time.time() - t0:.1f} s", flush=True)
-        with open(args.out, "w") as fh:
-            json.dump({"meta": meta, "rows": rows, "errors": errors}, fh)
-    print(json.dumps(meta))
-    for e in errors:
-        print("ERROR", e)
+    run_steps([(name, lambda f=steps[name]: f(rows, errors)) for name in only], meta, rows, errors, args.out)
     for r in rows:
         extra = f" dense {r['dense_time_s'] * 1e6:.1f} us" if "dense_time_s" in r else ""
         print(r["kind"], r.get("shape", ""), r.get("m", r.get("batch", r.get("tokens"))), f"{r['time_s'] * 1e6:.1f} us{extra}")

@@ -230,6 +230,23 @@ def measure_attention(out: list, errors: list) -> None:
             torch.cuda.empty_cache()
 
 
+def run_steps(steps: list, meta: dict, rows: list, errors: list, out: str) -> None:
+    """Run each (name, step) in turn; a failing family is recorded and the others go on. The JSON is rewritten
+    after every step, so a run cut short by the machine's time limit still returns what it measured."""
+    for name, step in steps:
+        t0 = time.time()
+        try:
+            step()
+        except Exception as exc:
+            errors.append(f"{name}: {exc!r}")
+        print(f"{name}: {time.time() - t0:.1f} s", flush=True)
+        with open(out, "w") as fh:
+            json.dump({"meta": meta, "rows": rows, "errors": errors}, fh)
+    print(json.dumps(meta))
+    for e in errors:
+        print("ERROR", e)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True)
@@ -246,20 +263,7 @@ def main() -> int:
     steps = [("bandwidth", lambda: measure_bandwidth(rows)), ("gemm_bf16", lambda: measure_gemm_bf16(rows)),
              ("int4", lambda: measure_int4(rows, errors)), ("attention", lambda: measure_attention(rows, errors)),
              ("int8", lambda: measure_int8_compiled(rows, errors))]
-    for name, step in steps:
-        if name in skip:
-            continue
-        t0 = time.time()
-        try:
-            step()
-        except Exception as exc:
-            errors.append(f"{name}: {exc!r}")
-        print(f"{name}: {time.time() - t0:.1f} s", flush=True)
-        with open(args.out, "w") as fh:
-            json.dump({"meta": meta, "rows": rows, "errors": errors}, fh)
-    print(json.dumps(meta))
-    for e in errors:
-        print("ERROR", e)
+    run_steps([(name, step) for name, step in steps if name not in skip], meta, rows, errors, args.out)
     for r in rows:
         if r["kind"] in ("gemm_int4_tinygemm", "copy") or (r["kind"] == "gemm_bf16" and r["m"] in (1, 5, 16, 4096)):
             print(r["kind"], r.get("shape", ""), r.get("m", r.get("bytes")), f"{r['time_s'] * 1e6:.1f} us")
