@@ -77,27 +77,37 @@ def run(
     trace_out: Optional[Path] = typer.Option(None, "--trace-out",
                                              help="Write a Chrome-trace JSON of the iterations (chrome://tracing, "
                                                   "ui.perfetto.dev); same as --set sim.chrome_trace=FILE."),
+    seeds: int = typer.Option(1, "--seeds", min=1,
+                              help="Run under this many seeds (seed, seed+1, ...) and report each metric's spread "
+                                   "across them; outputs are the first seed's, plus replications.csv."),
+    workers: int = typer.Option(1, "--workers", "-j", min=1, help="With --seeds: seeds run in parallel."),
 ) -> None:
     """Simulate a serving replica under a workload and summarise TTFT, TPOT, ITL, E2E and throughput."""
     from experiments.config import load_config
-    from experiments.runner import run as run_sim
+    from experiments.replications import run_replications
 
     cfg = load_config(config, set_)
     if trace_out is not None:
         cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"chrome_trace": str(trace_out)})})
-    result = run_sim(cfg)
+    reps = run_replications(cfg, seeds, workers=workers)
+    summary = reps.summary() if seeds > 1 else reps.first.summary
     if out is not None:
-        result.write(out)
+        if seeds > 1:
+            reps.write(out)
+        else:
+            reps.first.write(out)
         if not no_report:
             from experiments.report import write_run_report
 
-            write_run_report(result, Path(out) / "report.html")
+            write_run_report(reps.first, Path(out) / "report.html")
     if as_json:
-        _print_json(result.summary)
+        _print_json(summary)
     else:
-        from experiments.tables import print_summary
+        from experiments.tables import print_replications, print_summary
 
-        print_summary(result.summary, out)
+        print_summary(reps.first.summary, out)
+        if seeds > 1:
+            print_replications(summary["replications"])
 
 
 @app.command()

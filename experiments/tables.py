@@ -88,6 +88,23 @@ def print_estimate(est) -> None:
                       f"({off['pcie_gbps']:g} GB/s) per step" + (", transfer-bound" if off["transfer_bound"] else ""))
 
 
+_BAND_ROWS = (("ttft_s.mean", "TTFT mean (ms)", 1e3), ("ttft_s.p99", "TTFT p99 (ms)", 1e3),
+              ("tpot_s.mean", "TPOT mean (ms)", 1e3), ("e2e_s.mean", "E2E mean (ms)", 1e3),
+              ("e2e_s.p99", "E2E p99 (ms)", 1e3), ("throughput.output_tokens_per_s", "output tok/s", 1.0))
+
+
+def print_replications(rep: dict) -> None:
+    """The spread of the main metrics across the seeds of `servesim run --seeds N`."""
+    table = Table(title=f"across {rep['n']} seeds ({rep['seeds'][0]}-{rep['seeds'][-1]})")
+    for c in ("metric", "mean", "std", "min", "p5", "p50", "p95", "max"):
+        table.add_column(c, justify="left" if c == "metric" else "right")
+    for key, label, scale in _BAND_ROWS:
+        b = rep["metrics"].get(key)
+        if b is not None:
+            table.add_row(label, *(_fmt(b[q] * scale) for q in ("mean", "std", "min", "p5", "p50", "p95", "max")))
+    Console().print(table)
+
+
 def print_summary(s: dict, out=None) -> None:
     """The readable version of summary.json."""
     table = Table(title=f"{s['deployment']['model']} on {s['deployment']['tp']}x {s['deployment']['gpu']} "

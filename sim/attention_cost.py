@@ -109,19 +109,21 @@ class AttentionPricing:
                 c = mx(c * self._evict_frac, mn(c, seqs * self._evict_floor))
             s = 1.0
             occ = 1.0
+            waves = seqs                  # no SM count: one block prologue per sequence
             if sms:
                 base = seqs * self._units
                 if self.flash_decoding:
                     s = mx(1.0, mn(fl(sms / base), ce(c / seqs / self._split_tokens)))
                 units = base * s
-                occ = units / (ce(units / sms) * sms)
+                waves = ce(units / sms)
+                occ = units / (waves * sms)
             tc = c * d_tc
             tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
             body = mx(tc, tm)
             if dq:
                 body = mx(body, c * dq)
             # one kernel, plus the combine kernel when the KV is split
-            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_seq * seqs)
+            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_wave * waves + self._dec_seq * seqs)
             if detail:
                 by = tm * self._attn[7]
                 flops, nbytes = flops + layers * self._attn[1] * c, nbytes + layers * by
@@ -158,6 +160,7 @@ class AttentionPricing:
                 c = kept if kept > w else w
             s = 1.0
             occ = 1.0
+            waves = seqs
             if sms:
                 base = seqs * self._units
                 if self.flash_decoding:
@@ -165,7 +168,8 @@ class AttentionPricing:
                     s = a if a < b else b
                     s = s if s > 1.0 else 1.0
                 units = base * s
-                occ = units / (math.ceil(units / sms) * sms)
+                waves = math.ceil(units / sms)
+                occ = units / (waves * sms)
             tc = c * d_tc
             tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
             body = tc if tc > tm else tm
@@ -173,7 +177,7 @@ class AttentionPricing:
                 t = c * dq
                 body = body if body > t else t
             k = s - 1.0
-            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0)) + self._dec_seq * seqs)
+            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0)) + self._dec_wave * waves + self._dec_seq * seqs)
         if self._lin_layers:
             tc = self._lin_flops * seqs / self._attn[6]
             tm = self._lin_state * seqs / self._attn[7]

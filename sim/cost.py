@@ -81,15 +81,23 @@ class KernelConstants:
         "unit": "s per kernel",
         "source": "same profiles: time of a small memory-bound GEMM beyond its bytes / bandwidth (launch, "
                   "ramp-up and tail of one kernel), fitted (family gemm)"})
-    attn_decode_mem_eff: float = field(default=0.974, metadata={
+    attn_decode_mem_eff: float = field(default=0.980, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "Vidur A100 paged decode-attention points (Llama-2-7B, batch 1-128, context 32-1.7k): "
                   "KV bytes / time at full SM occupancy (the wave occupancy of batch x KV heads x splits is "
-                  "modelled separately), fitted with attn_decode_seq_s (family attention)"})
-    attn_decode_seq_s: float = field(default=1.13e-6, metadata={
+                  "modelled separately), fitted with attn_decode_wave_s and attn_decode_seq_s (family attention)"})
+    attn_decode_wave_s: float = field(default=2.48e-6, metadata={
+        "unit": "s per wave of thread blocks per layer",
+        "source": "same points: every (sequence, KV head, split) thread block pays a fixed prologue and epilogue "
+                  "(query load, block-table walk, output write) besides streaming its KV; blocks run side by side "
+                  "on the SMs, so the wall cost is one prologue per wave (ceil(blocks / SMs)); fitted "
+                  "(family attention)"})
+    attn_decode_seq_s: float = field(default=0.356e-6, metadata={
         "unit": "s per sequence per layer",
-        "source": "same points: short-context decode attention costs a fixed time per sequence (one "
-                  "thread block per sequence and head walks its block table), fitted (family attention)"})
+        "source": "same points: decode work that grows with the sequences whatever the waves (each sequence's "
+                  "block-table walk and its share of the split-KV reduction); fitted with attn_decode_wave_s "
+                  "(family attention; a per-sequence term alone, the earlier form, fitted 1.13 us with p90 22.8%, "
+                  "both terms give 18.6%)"})
     attn_prefill_compute_eff: float = field(default=0.312, metadata={
         "unit": "fraction of dense peak",
         "source": "Vidur A100 prefill-attention points (chunks 64-288 over context 0-4k): causal FLOPs / time, "
@@ -110,7 +118,7 @@ class KernelConstants:
     int8_weight_only_mem_eff: float = field(default=0.669, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int8 weight-only batch-1 decode rows (dequantising GEMV), fitted (family gpt-fast)"})
-    int4_weight_only_mem_eff: float = field(default=0.522, metadata={
+    int4_weight_only_mem_eff: float = field(default=0.528, metadata={
         "unit": "fraction of peak bandwidth",
         "source": "gpt-fast A100 int4 (g32) weight-only batch-1 decode rows (tinygemm dequantising GEMV), "
                   "fitted with tinygemm's per-row term (tinygemm_row_wavefronts) in place (family gpt-fast; "
@@ -161,8 +169,10 @@ HOPPER_OVERRIDES: dict[str, tuple[float, str]] = {
                        "kernel floor (a fit with 3.5 us floors gave 0.81)"),
     "kernel_floor_s": (4.36e-6, "same fit: the small models' step times (hundreds of short kernels per step "
                                 "replayed from CUDA graphs); A100 profiles: 5.0 us"),
-    "attn_decode_seq_s": (0.127e-6, "same fit: FlashAttention's paged decode (vLLM V1 on H100) costs far less per "
-                                    "sequence than the A100 paged-attention kernel Vidur profiled (1.0 us)"),
+    "attn_decode_wave_s": (0.0, "same fit: FlashAttention's paged decode (vLLM V1 on H100) shows no per-wave block "
+                                "prologue beyond the kernel floor (the A100 paged-attention kernel Vidur profiled: "
+                                "3.5 us)"),
+    "attn_decode_seq_s": (0.127e-6, "same fit: 0.13 us per sequence and layer of decode work beyond the KV bytes"),
     "moe_expert_mem_eff": (0.747, "same fit: Llama-4-Scout FP8 and Mixtral-8x22B decode, vLLM's fused_moe kernel "
                                   "streams expert weights at 0.75 of peak (gpt-fast's A100 MoE kernel: no penalty)"),
 }
@@ -380,6 +390,7 @@ class CostModel(AttentionPricing, CollectivePricing):
         self._floor = 0.0 if ideal else (constants.kernel_floor_s if self.engine.cuda_graphs
                                          else max(constants.kernel_floor_s, self.engine.kernel_launch_s))
         self._knee = math.inf if ideal else constants.gemm_knee
+        self._dec_wave = 0.0 if ideal else constants.attn_decode_wave_s
         self._dec_seq = 0.0 if ideal else constants.attn_decode_seq_s
         # decode attention is one kernel, two when Flash-Decoding splits the KV (partials, then their reduction;
         # `_decode_attention`); chunked prefill one varlen call with a fixed cost of its own and a cost per query

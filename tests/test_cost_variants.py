@@ -3,6 +3,8 @@ decode-attention occupancy and Flash-Decoding, sliding-window / local-global and
 2:4 structured sparsity, int4 KV and KV eviction."""
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
@@ -122,6 +124,36 @@ def test_wave_occupancy_slows_batch8_paged_decode_on_a100():
     cost = CostModel(get_model("llama-2-7b"), A100, engine="kernels")
     bw = {b: b * 1729 * cost.kv_bytes_per_token_per_gpu / _attn(cost, b, 1728).time_s for b in (8, 32)}
     assert bw[8] < 0.9 * bw[32]
+
+
+def _with_fixed_costs(gpu, wave_s, seq_s):
+    from sim.cost import kernel_constants
+
+    k = dataclasses.replace(kernel_constants(gpu), attn_decode_wave_s=wave_s, attn_decode_seq_s=seq_s)
+    return CostModel(get_model("llama-2-7b"), gpu, engine="kernels", constants=k)
+
+
+@pytest.mark.parametrize("batch, context, waves", [
+    (3, 512, 1),        # 3 x 32 KV heads = 96 blocks on 108 SMs: one wave, no split (96 x 2 > 108)
+    (4, 512, 2),        # 128 blocks: a second wave
+    (1, 4096, 1),       # 32 blocks split 3 ways (floor(108 / 32)) = 96: still one wave
+    (32, 1024, 10),     # 1,024 blocks: ceil(1024 / 108) = 10 waves
+])
+def test_decode_block_prologue_is_paid_once_per_wave(batch, context, waves):
+    """attn_decode_wave_s is paid per wave of (sequence, KV head, split) blocks, attn_decode_seq_s per sequence:
+    raising either by 1 ms adds exactly layers x waves (or layers x sequences) ms on an A100 (108 SMs)."""
+    base = _attn(_with_fixed_costs(A100, 0.0, 0.0), batch, context).time_s
+    per_wave = _attn(_with_fixed_costs(A100, 1e-3, 0.0), batch, context).time_s - base
+    per_seq = _attn(_with_fixed_costs(A100, 0.0, 1e-3), batch, context).time_s - base
+    layers = get_model("llama-2-7b").num_layers
+    assert per_wave == pytest.approx(layers * waves * 1e-3, rel=1e-9)
+    assert per_seq == pytest.approx(layers * batch * 1e-3, rel=1e-9)
+
+
+def test_gpu_without_sm_count_pays_the_block_prologue_per_sequence():
+    tpu = get_gpu("tpu-v5e")
+    base = _attn(_with_fixed_costs(tpu, 0.0, 0.0), 5, 512).time_s
+    assert _attn(_with_fixed_costs(tpu, 1e-3, 0.0), 5, 512).time_s - base == pytest.approx(32 * 5 * 1e-3, rel=1e-9)
 
 
 def test_gpu_without_sm_count_has_no_occupancy_term():
