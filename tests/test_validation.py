@@ -93,3 +93,16 @@ def test_the_data_parallel_run_is_replayed_on_two_replicas_behind_a_least_loaded
     # 20 req/s on one TP2 replica queues (TTFT 111 ms in this slice); on two it stays at about one step
     assert sim["ttft_mean"] < 1.5 * meas["ttft_mean"]
     assert 0.75 < sim["e2e_mean"] / meas["e2e_mean"] < 1.35
+
+
+def test_seed_spread_covers_the_generator_runs_and_orders_its_band():
+    keys = V.spread_keys()
+    assert "53-mixtral-8x22b-tp8-reasoning-8" in keys                 # the knee run, replayed from the generator
+    assert not any(isinstance(V.run_row(k).requests_csv, str) for k in keys)   # a trace's arrivals are fixed
+    assert not any(V.run_row(k).overloaded for k in keys)
+    t = V.seed_spread(["62-mistral-nemo-12b-tp2-general-lite-2-1"], jobs=1, seeds=3, max_time=60.0)
+    r = t.iloc[0]
+    for m in ("ttft_mean", "e2e_mean"):
+        assert r[f"min_{m}"] <= r[f"p50_{m}"] <= r[f"max_{m}"]
+    assert r["min_e2e_mean"] < r["max_e2e_mean"]                       # the seeds draw different arrivals
+    assert "| 62-mistral-nemo-12b-tp2-general-lite-2-1 |" in V.spread_markdown(t, seeds=3)
