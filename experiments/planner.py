@@ -23,7 +23,8 @@ A plan file::
 Candidates are GPU x TP x policy. For each, a probe simulates `probe_duration_s` seconds of
 arrivals at a rate r (same seed for every probe, so arrival times are the same draws scaled by
 1/r) and checks the SLOs on every request, counting requests that never finished as missing
-them. The largest feasible rate is bracketed (doubling or halving from `initial_rate`) and then
+them. With `seeds: N` a probe runs N arrival draws and passes only if all of them meet the SLOs:
+near the capacity knee one draw can be lucky (docs/VALIDATION.md, 'Arrival-seed spread'). The largest feasible rate is bracketed (doubling or halving from `initial_rate`) and then
 bisected geometrically until the bracket is within `rate_tolerance`; the reported rate is the
 feasible end of the final bracket, i.e. a rate that was simulated and met the SLOs. (scipy's
 bisect/brentq return a point inside the bracket, not its feasible end, so we bisect ourselves.)
@@ -191,6 +192,9 @@ class PlanSpec(_Model):
     max_rate: PositiveFloat = Field(2000, description="Stop searching above this rate (req/s per replica).")
     min_requests: PositiveInt = Field(50, description="The lowest rate probed sends at least this many requests.")
     seed: int = Field(0, description="Seed of every probe.")
+    seeds: PositiveInt = Field(1, description="Arrival seeds per probe (seed, seed + 1, ...): a rate is feasible only "
+                                              "if it meets the SLOs under every one, so a lucky draw near the "
+                                              "capacity knee cannot pass it (costs this many runs per probe).")
     latency_metric: str = Field("e2e_s.p99", description="Latency axis of the Pareto frontier (a summary metric).")
 
 
@@ -297,27 +301,53 @@ def probe_config(plan: str | Path | dict, gpu: str, tp: int, rate: float, policy
 
 # ----------------------------------------------------------------------------- the search
 
-def probe(config: dict, rate: float, duration_s: float, slo: SLO) -> dict:
-    """Simulate one rate and judge it against the SLOs."""
+def probe(config: dict, rate: float, duration_s: float, slo: SLO, seeds: int = 1) -> dict:
+    """Simulate one rate and judge it against the SLOs; with `seeds` > 1, under seeds seed, seed + 1, ... and
+    judged by the worst: met only if every seed meets the SLOs, latencies and margin the largest, attainment and
+    goodput the smallest, throughput and the rest the mean over the seeds."""
     from .runner import run
 
-    result = run(with_rate(config, rate, duration_s))
-    s = result.summary
-    row = {"rate": float(rate), **slo.evaluate(result.requests, s)}
-    for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
-        for stat in ("p50", "p90", "p99"):
-            row[f"{m}.{stat}"] = s[m][stat]
-    row["throughput.requests_per_s"] = s["throughput"]["requests_per_s"]
-    row["throughput.output_tokens_per_s"] = s["throughput"]["output_tokens_per_s"]
-    n = len(result.requests)
-    row["mean_output_tokens"] = float(result.requests["output_tokens"].mean()) if n else math.nan
-    row["batch.mean_running"] = s["batch"]["mean_running"]
-    row["kv.peak_usage"] = s["kv"]["peak_usage"]
-    return row
+    rows = []
+    for i in range(seeds):
+        cfg = with_rate(config, rate, duration_s)
+        cfg["seed"] = int(cfg.get("seed", 0)) + i
+        result = run(cfg)
+        s = result.summary
+        row = {"rate": float(rate), **slo.evaluate(result.requests, s)}
+        for m in ("ttft_s", "tpot_s", "itl_s", "e2e_s"):
+            for stat in ("p50", "p90", "p99"):
+                row[f"{m}.{stat}"] = s[m][stat]
+        row["throughput.requests_per_s"] = s["throughput"]["requests_per_s"]
+        row["throughput.output_tokens_per_s"] = s["throughput"]["output_tokens_per_s"]
+        n = len(result.requests)
+        row["mean_output_tokens"] = float(result.requests["output_tokens"].mean()) if n else math.nan
+        row["batch.mean_running"] = s["batch"]["mean_running"]
+        row["kv.peak_usage"] = s["kv"]["peak_usage"]
+        rows.append(row)
+    return rows[0] if seeds == 1 else _worst_of(rows)
+
+
+def _worst_of(rows: list[dict]) -> dict:
+    """One probe row from several seeds' rows (see `probe`)."""
+    out = {"rate": rows[0]["rate"], "met": all(r["met"] for r in rows), "seeds": len(rows)}
+    for k in rows[0]:
+        if k in out:
+            continue
+        vals = [r[k] for r in rows if r[k] is not None and not (isinstance(r[k], float) and math.isnan(r[k]))]
+        if not vals:
+            out[k] = rows[0][k]
+        elif k in ("attainment", "goodput_rps"):
+            out[k] = min(vals)
+        elif k == "margin" or k.startswith(("ttft_s.", "tpot_s.", "itl_s.", "e2e_s.")) or k == "kv.peak_usage":
+            out[k] = max(vals)
+        else:
+            out[k] = float(np.mean(vals))
+    return out
 
 
 def search_max_rate(config: dict, slo: SLO, duration_s: float, *, initial_rate: float = 2.0,
-                    max_rate: float = 2000.0, min_rate: float = 0.1, rtol: float = 0.02) -> tuple[float, float, dict]:
+                    max_rate: float = 2000.0, min_rate: float = 0.1, rtol: float = 0.02,
+                    seeds: int = 1) -> tuple[float, float, dict]:
     """(largest feasible rate found, smallest infeasible rate found, probes by rate).
 
     The first is 0.0 when even `min_rate` misses the SLOs; the second is inf when `max_rate` meets them.
@@ -326,7 +356,7 @@ def search_max_rate(config: dict, slo: SLO, duration_s: float, *, initial_rate: 
 
     def feasible(r: float) -> bool:
         if r not in probes:
-            probes[r] = probe(config, r, duration_s, slo)
+            probes[r] = probe(config, r, duration_s, slo, seeds)
         return probes[r]["met"]
 
     r = min(max(initial_rate, min_rate), max_rate)
@@ -367,7 +397,8 @@ def evaluate_candidate(task: dict) -> dict:
     probes: dict[float, dict] = {}
     try:
         lo, hi, probes = search_max_rate(task["config"], slo, task["duration_s"], initial_rate=task["initial_rate"],
-                                         max_rate=task["max_rate"], min_rate=task["min_rate"], rtol=task["rtol"])
+                                         max_rate=task["max_rate"], min_rate=task["min_rate"], rtol=task["rtol"],
+                                         seeds=task.get("seeds", 1))
     except ServesimError as exc:
         row.update(status="does not fit" if isinstance(exc, DeploymentError) else "failed",
                    error=" ".join(str(exc).split()))
@@ -382,7 +413,8 @@ def evaluate_candidate(task: dict) -> dict:
         target = task["target_rate"]
         replicas = max(1, math.ceil(target / lo - 1e-9))
         per_replica = target / replicas
-        dep = probes.get(per_replica) or probe(task["config"], per_replica, task["duration_s"], slo)
+        dep = probes.get(per_replica) or probe(task["config"], per_replica, task["duration_s"], slo,
+                                               task.get("seeds", 1))
         probes.setdefault(per_replica, dep)
         gpus = replicas * cand.tp
         usd_h = gpus * cand.price_per_hour if cand.price_per_hour else None
@@ -428,7 +460,9 @@ def _records(df: pd.DataFrame) -> list[dict]:
 
 
 def _probe_note(spec: PlanSpec) -> str:
-    return (f"Each probe simulates {spec.probe_duration_s:g} s of arrivals (seed {spec.seed}) from an empty system; "
+    seeds = (f"seed {spec.seed}" if spec.seeds == 1 else
+             f"seeds {spec.seed}-{spec.seed + spec.seeds - 1}, feasible only if every seed meets the SLOs")
+    return (f"Each probe simulates {spec.probe_duration_s:g} s of arrivals ({seeds}) from an empty system; "
             f"rates are resolved to within {spec.rate_tolerance:.0%}.")
 
 
@@ -447,7 +481,7 @@ def plan(source: str | Path | dict, out_dir: str | Path | None = None, *, execut
         tasks.append((i, ({"candidate": cand.__dict__, "config": cfg, "slo": spec.slo.model_dump(mode="json"),
                            "duration_s": spec.probe_duration_s, "initial_rate": spec.initial_rate,
                            "max_rate": spec.max_rate, "min_rate": min_rate, "rtol": spec.rate_tolerance,
-                           "target_rate": spec.target_rate},)))
+                           "target_rate": spec.target_rate, "seeds": spec.seeds},)))
     results: dict[int, dict] = {}
     for i, res in execute(evaluate_candidate, tasks, executor, workers):
         if isinstance(res, BaseException):

@@ -77,7 +77,7 @@ def test_slo_evaluate_counts_every_request():
 def test_search_brackets_then_bisects(monkeypatch, capacity, start):
     seen = []
 
-    def fake_probe(config, rate, duration, slo):
+    def fake_probe(config, rate, duration, slo, seeds=1):
         seen.append(rate)
         return {"rate": rate, "met": rate <= capacity}
 
@@ -89,9 +89,9 @@ def test_search_brackets_then_bisects(monkeypatch, capacity, start):
 
 
 def test_search_edges(monkeypatch):
-    monkeypatch.setattr(planner, "probe", lambda c, r, d, s: {"rate": r, "met": False})
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s, n=1: {"rate": r, "met": False})
     assert search_max_rate({}, SLO(ttft_s=1), 100, min_rate=0.5)[:2] == (0.0, 0.5)
-    monkeypatch.setattr(planner, "probe", lambda c, r, d, s: {"rate": r, "met": True})
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s, n=1: {"rate": r, "met": True})
     assert search_max_rate({}, SLO(ttft_s=1), 100, max_rate=50)[:2] == (50, math.inf)
 
 
@@ -159,3 +159,32 @@ def test_example_plan_file_is_valid():
     assert [c.label for c in planner.candidates(spec)][:2] == ["h100-sxm-80gb tp2", "h100-sxm-80gb tp4"]
     cfg = probe_config(path, "h200", 4, 7.0)
     assert cfg["workload"]["stages"] == [{"rate": 7.0, "duration_s": 180.0}] and cfg["parallelism"]["tp"] == 4
+
+
+# ----------------------------------------------------------------------------- several seeds per probe
+
+def test_a_multi_seed_probe_is_judged_by_its_worst_seed():
+    slo = SLO.model_validate(PLAN["slo"])
+    _, base = load_plan(PLAN)
+    cfg = planner.candidate_config(base, load_plan(PLAN)[0], planner.Candidate("h100-sxm-80gb", 1, "default", None))
+    rate = 30.0
+    single = [planner.probe({**cfg, "seed": PLAN["seed"] + i}, rate, 40, slo) for i in range(3)]
+    multi = planner.probe(cfg, rate, 40, slo, seeds=3)
+    assert multi["seeds"] == 3 and multi["met"] == all(p["met"] for p in single)
+    for k in ("ttft_s.p99", "tpot_s.p99", "e2e_s.p90", "margin"):
+        assert multi[k] == max(p[k] for p in single)
+    assert multi["attainment"] == min(p["attainment"] for p in single)
+    assert multi["throughput.requests_per_s"] == pytest.approx(np.mean([p["throughput.requests_per_s"] for p in single]))
+    assert len({p["ttft_s.p99"] for p in single}) == 3          # the seeds really draw different arrivals
+
+
+def test_more_seeds_never_raise_the_planned_rate():
+    """Feasible under seeds 1-2 implies feasible under seed 1, so the search cannot find a higher rate."""
+    slo = SLO.model_validate(PLAN["slo"])
+    spec, base = load_plan(PLAN)
+    cfg = planner.candidate_config(base, spec, planner.Candidate("h100-sxm-80gb", 1, "default", None))
+    one, _, _ = search_max_rate(cfg, slo, 40, initial_rate=8, rtol=0.05)
+    two, _, probes = search_max_rate(cfg, slo, 40, initial_rate=8, rtol=0.05, seeds=2)
+    assert 0 < two <= one and all(p["seeds"] == 2 for p in probes.values())
+    with pytest.raises(ConfigError):
+        load_plan({**PLAN, "seeds": 0})
