@@ -24,7 +24,8 @@ Candidates are GPU x TP x policy. For each, a probe simulates `probe_duration_s`
 arrivals at a rate r (same seed for every probe, so arrival times are the same draws scaled by
 1/r) and checks the SLOs on every request, counting requests that never finished as missing
 them. With `seeds: N` a probe runs N arrival draws and passes only if all of them meet the SLOs:
-near the capacity knee one draw can be lucky (docs/VALIDATION.md, 'Arrival-seed spread'). The largest feasible rate is bracketed (doubling or halving from `initial_rate`) and then
+near the capacity knee one draw can be lucky (docs/VALIDATION.md, 'Arrival-seed spread').
+The largest feasible rate is bracketed (doubling or halving from `initial_rate`) and then
 bisected geometrically until the bracket is within `rate_tolerance`; the reported rate is the
 feasible end of the final bracket, i.e. a rate that was simulated and met the SLOs. (scipy's
 bisect/brentq return a point inside the bracket, not its feasible end, so we bisect ourselves.)

@@ -2,12 +2,12 @@
 
 Near a deployment's capacity knee the mean TTFT of one finite run depends on the luck of the arrival draw
 as much as on the deployment: docs/VALIDATION.md shows a 20-minute Mixtral-8x22B run whose simulated mean
-TTFT spans 1.2-4.5 s over 8 arrival seeds. A planner should see that spread before trusting one number, and
+TTFT spans 1.2-4.4 s over 8 arrival seeds. A planner should see that spread before trusting one number, and
 a comparison with one measured run should ask whether the measurement lies inside it.
 
     from experiments.replications import run_replications
     reps = run_replications("config.yaml", 8)
-    reps.band()["ttft_s.mean"]      # {"mean": ..., "std": ..., "min": ..., "p5": ..., "p50": ..., "p95": ..., "max": ...}
+    reps.band()["ttft_s.mean"]    # {"mean", "std", "min", "p5", "p50", "p95", "max"}: seconds
 
 Seeds are the config's seed, seed + 1, ...: the first replication is exactly `servesim run` of the config.
 A trace workload keeps its arrival times and lengths under every seed; only the random draws of the
@@ -15,6 +15,7 @@ generators and policies change.
 """
 from __future__ import annotations
 
+import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -53,7 +54,8 @@ class Replications:
 
     def table(self) -> pd.DataFrame:
         """One row per seed: the seed and each metric of `METRICS`."""
-        rows = [{"seed": s, **{m: metric(summary, m) for m in METRICS}} for s, summary in zip(self.seeds, self.summaries)]
+        rows = [{"seed": s, **{m: metric(summary, m) for m in METRICS}}
+                for s, summary in zip(self.seeds, self.summaries)]
         return pd.DataFrame(rows)
 
     def band(self) -> dict[str, dict[str, float]]:
@@ -72,14 +74,13 @@ class Replications:
 
     def summary(self) -> dict:
         """The first seed's summary with a `replications` section: the seeds and each metric's band."""
+        trace = getattr(self.first.config.workload, "type", None) == "trace"
         return {**self.first.summary, "replications": {"n": len(self.seeds), "seeds": list(self.seeds),
-                                                       "metrics": self.band()}}
+                                                       "trace": trace, "metrics": self.band()}}
 
     def write(self, out_dir: str | Path) -> Path:
         """The first seed's outputs (`RunResult.write`) with the replicated summary, plus replications.csv."""
         out = self.first.write(out_dir)
-        import json
-
         (out / "summary.json").write_text(json.dumps(self.summary(), indent=2))
         self.table().to_csv(out / "replications.csv", index=False)
         return out
@@ -92,9 +93,13 @@ def _summary_of(cfg: RunConfig) -> dict:
 def run_replications(config: RunConfig | dict | str | Path, n: int, *, workers: int = 1,
                      overrides: list[str] | None = None) -> Replications:
     """Run the config under seeds seed, seed + 1, ..., seed + n - 1; `workers` > 1 runs the other seeds in
-    processes while the first runs here (its full result is kept; the others return their summaries)."""
+    processes while the first runs here (its full result is kept; the others return their summaries).
+    `overrides` (dotted --set values) apply when `config` is a path or a mapping, not to a built RunConfig."""
     if n < 1:
         raise ConfigError(f"--seeds must be >= 1, got {n}")
+    if isinstance(config, RunConfig) and overrides:
+        raise ConfigError("run_replications: overrides apply to a config path or mapping; apply them to the "
+                          "RunConfig before passing it")
     cfg = config if isinstance(config, RunConfig) else load_config(config, overrides)
     seeds = [cfg.seed + i for i in range(n)]
     quiet = cfg.sim.model_copy(update={"progress": False, "chrome_trace": None, "record_steps": False})

@@ -95,7 +95,8 @@ _BAND_ROWS = (("ttft_s.mean", "TTFT mean (ms)", 1e3), ("ttft_s.p99", "TTFT p99 (
 
 def print_replications(rep: dict) -> None:
     """The spread of the main metrics across the seeds of `servesim run --seeds N`."""
-    table = Table(title=f"across {rep['n']} seeds ({rep['seeds'][0]}-{rep['seeds'][-1]})")
+    table = Table(title=f"across {rep['n']} seeds ({rep['seeds'][0]}-{rep['seeds'][-1]})"
+                        + (" - a trace's arrivals are the same under every seed" if rep.get("trace") else ""))
     for c in ("metric", "mean", "std", "min", "p5", "p50", "p95", "max"):
         table.add_column(c, justify="left" if c == "metric" else "right")
     for key, label, scale in _BAND_ROWS:

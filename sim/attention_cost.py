@@ -21,6 +21,9 @@ H2O_BYTES_PER_HEAD_TOKEN = 12.0
 SPLIT_PARTIAL_FP32 = 2 * 4.0
 # MLA decode kernels (FlashMLA) give one thread block 64 query heads of a sequence (its KV is one latent).
 MLA_HEADS_PER_CTA = 64
+# A GPU without an SM count in the catalogue (TPU, Gaudi, Apple, Snapdragon) pays its decode blocks' prologues as
+# the A100 the constants were fitted on would (108 SMs): seqs x units / 108 waves, on average.
+REFERENCE_SMS = 108.0
 
 
 class AttentionPricing:
@@ -89,7 +92,8 @@ class AttentionPricing:
         they agree exactly. Per layer group (global / sliding-window layers): the KV read is the context,
         min(ctx, seqs x window) for sliding layers (exact when every sequence is on one side of the window),
         then the eviction policy's retained part; time = max(compute, memory, int4 dequantisation) / occupancy
-        + floors. Occupancy: work units = seqs x KV heads x KV splits fill waves of SMs
+        + floors + a block prologue per wave (`attn_decode_wave_s`) + a cost per sequence (`attn_decode_seq_s`).
+        Occupancy: work units = seqs x KV heads x KV splits fill waves of SMs
         (units / (ceil(units / SMs) x SMs)); Flash-Decoding splits each sequence's KV while the units of one
         wave leave SMs idle, never below `flash_decoding_split_tokens` per split.
         """
@@ -109,7 +113,7 @@ class AttentionPricing:
                 c = mx(c * self._evict_frac, mn(c, seqs * self._evict_floor))
             s = 1.0
             occ = 1.0
-            waves = seqs                  # no SM count: one block prologue per sequence
+            waves = seqs * self._units / REFERENCE_SMS     # no SM count: the fitting A100's waves, on average
             if sms:
                 base = seqs * self._units
                 if self.flash_decoding:
@@ -123,7 +127,8 @@ class AttentionPricing:
             if dq:
                 body = mx(body, c * dq)
             # one kernel, plus the combine kernel when the KV is split
-            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_wave * waves + self._dec_seq * seqs)
+            total = total + layers * (body / occ + self._floor * (1.0 + mn(s - 1.0, 1.0)) + self._dec_wave * waves
+                                      + self._dec_seq * seqs)
             if detail:
                 by = tm * self._attn[7]
                 flops, nbytes = flops + layers * self._attn[1] * c, nbytes + layers * by
@@ -140,8 +145,39 @@ class AttentionPricing:
             return total, flops, nbytes, "compute" if bound_c >= bound_m else "memory"
         return total
 
+    def _plain_decode_pricer(self):
+        """`_decode_scalar` for the usual case (one group of full-attention layers, an SM count, Flash-Decoding, no
+        int4 KV, eviction or linear layers) as a closure over its constants, or None when a variant applies. It
+        does `_decode_scalar`'s float operations in the same order, so both give the same times to the bit."""
+        if (len(self._groups) != 1 or self._groups[0][1] or not self._sms or not self.flash_decoding
+                or self._evict_budget or self._evict_frac != 1.0 or self._lin_layers or self._dcoef[4]):
+            return None
+        layers = self._groups[0][0]
+        d_tc, m1, m2, m3, _ = self._dcoef
+        sms, per_seq_units, split = self._sms, self._units, self._split_tokens
+        floor, dec_wave, dec_seq = self._floor, self._dec_wave, self._dec_seq
+        fl, ce = math.floor, math.ceil
+
+        def price(seqs: int, c: int) -> float:
+            base = seqs * per_seq_units
+            a, b = fl(sms / base), ce(c / seqs / split)
+            s = a if a < b else b
+            s = s if s > 1.0 else 1.0
+            units = base * s
+            waves = ce(units / sms)
+            occ = units / (waves * sms)
+            tc = c * d_tc
+            tm = c * m1 + seqs * m2 + (s - 1.0) * seqs * m3
+            body = tc if tc > tm else tm
+            k = s - 1.0
+            return 0.0 + layers * (body / occ + floor * (1.0 + (k if k < 1.0 else 1.0)) + dec_wave * waves
+                                   + dec_seq * seqs)
+
+        return price
+
     def _decode_scalar(self, seqs: int, ctx: int) -> float:
-        """`_decode_attention` for one step (hot path of `step_time`): the same operations, inlined."""
+        """`_decode_attention` for one step (hot path of `step_time`): the same operations, inlined (and, in the
+        usual case, replaced per instance by `_plain_decode_pricer`'s closure)."""
         d_tc, m1, m2, m3, dq = self._dcoef
         total = 0.0
         sms = self._sms
@@ -160,7 +196,7 @@ class AttentionPricing:
                 c = kept if kept > w else w
             s = 1.0
             occ = 1.0
-            waves = seqs
+            waves = seqs * self._units / REFERENCE_SMS
             if sms:
                 base = seqs * self._units
                 if self.flash_decoding:
@@ -177,7 +213,8 @@ class AttentionPricing:
                 t = c * dq
                 body = body if body > t else t
             k = s - 1.0
-            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0)) + self._dec_wave * waves + self._dec_seq * seqs)
+            total = total + layers * (body / occ + self._floor * (1.0 + (k if k < 1.0 else 1.0))
+                                      + self._dec_wave * waves + self._dec_seq * seqs)
         if self._lin_layers:
             tc = self._lin_flops * seqs / self._attn[6]
             tm = self._lin_state * seqs / self._attn[7]

@@ -171,7 +171,7 @@ HOPPER_OVERRIDES: dict[str, tuple[float, str]] = {
                                 "replayed from CUDA graphs); A100 profiles: 5.0 us"),
     "attn_decode_wave_s": (0.0, "same fit: FlashAttention's paged decode (vLLM V1 on H100) shows no per-wave block "
                                 "prologue beyond the kernel floor (the A100 paged-attention kernel Vidur profiled: "
-                                "3.5 us)"),
+                                "2.5 us per wave)"),
     "attn_decode_seq_s": (0.127e-6, "same fit: 0.13 us per sequence and layer of decode work beyond the KV bytes"),
     "moe_expert_mem_eff": (0.747, "same fit: Llama-4-Scout FP8 and Mixtral-8x22B decode, vLLM's fused_moe kernel "
                                   "streams expert weights at 0.75 of peak (gpt-fast's A100 MoE kernel: no penalty)"),
@@ -400,8 +400,23 @@ class CostModel(AttentionPricing, CollectivePricing):
         self._pre_tok = 0.0 if ideal else constants.attn_prefill_token_s
         self._ops = self._build_linear_ops()
         self._attn = self._attention_coefficients()
+        plain = self._plain_decode_pricer()
+        if plain is not None:
+            self._decode_scalar = plain           # the hot path without the variants' branches
         self._collective = self._allreduce_coefficients()
         self._cache: dict[tuple[int, int], float] = {}
+
+    def __getstate__(self) -> dict:
+        # the plain-case decode closure does not pickle (sweeps and Ray ship cost models); it is rebuilt on load
+        state = self.__dict__.copy()
+        state.pop("_decode_scalar", None)
+        return state
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        plain = self._plain_decode_pricer()
+        if plain is not None:
+            self._decode_scalar = plain
 
     # ----------------------------------------------------------------- set-up
     def _eff(self, value: float) -> float:

@@ -150,10 +150,12 @@ def test_decode_block_prologue_is_paid_once_per_wave(batch, context, waves):
     assert per_seq == pytest.approx(layers * batch * 1e-3, rel=1e-9)
 
 
-def test_gpu_without_sm_count_pays_the_block_prologue_per_sequence():
+def test_gpu_without_sm_count_pays_the_block_prologues_as_the_fitting_a100_would():
+    """No SM count (a TPU): 5 sequences x 32 KV heads = 160 blocks make 160 / 108 waves on average."""
     tpu = get_gpu("tpu-v5e")
     base = _attn(_with_fixed_costs(tpu, 0.0, 0.0), 5, 512).time_s
-    assert _attn(_with_fixed_costs(tpu, 1e-3, 0.0), 5, 512).time_s - base == pytest.approx(32 * 5 * 1e-3, rel=1e-9)
+    per_wave = _attn(_with_fixed_costs(tpu, 1e-3, 0.0), 5, 512).time_s - base
+    assert per_wave == pytest.approx(32 * (5 * 32 / 108) * 1e-3, rel=1e-9)
 
 
 def test_gpu_without_sm_count_has_no_occupancy_term():
@@ -317,3 +319,28 @@ def test_sm_counts_and_clocks_agree_with_the_fp32_peak():
     assert {g for g in ("a100", "h100", "h200", "b200", "l40s", "l4", "a10g", "rtx-4090")
             if get_gpu(g).structured_sparsity} == {"a100", "h100", "h200", "b200", "l40s", "l4", "a10g", "rtx-4090"}
     assert not get_gpu("t4").structured_sparsity and not get_gpu("v100-sxm-32gb").structured_sparsity
+
+
+@pytest.mark.parametrize("model, gpu, tp", [("llama-3.1-8b", "h100", 1), ("mixtral-8x7b", "a100-sxm-80gb", 2),
+                                            ("llama-2-7b", "a100-sxm-80gb", 1), ("qwen3-30b-a3b", "l40s", 2)])
+def test_plain_decode_closure_prices_exactly_like_the_general_path(model, gpu, tp):
+    """The usual case's closure (`_plain_decode_pricer`) does the general path's float operations in the same
+    order: both, and the vectorised form fast-forward uses, agree to the bit; a pickled copy rebuilds it."""
+    import pickle
+
+    cost = CostModel(get_model(model), get_gpu(gpu), tp=tp, engine="vllm")
+    assert cost.__dict__.get("_decode_scalar") is not None             # the closure is in use
+    copy_ = pickle.loads(pickle.dumps(cost))
+    for seqs in (1, 3, 7, 40, 128, 300):
+        for per_seq in (10, 700, 5000, 40000):
+            ctx = seqs * per_seq
+            general = type(cost)._decode_scalar(cost, seqs, ctx)
+            vector = float(cost._decode_attention(seqs, np.array([ctx], dtype=float), np)[0])
+            assert cost._decode_scalar(seqs, ctx) == general == vector == copy_._decode_scalar(seqs, ctx)
+
+
+def test_variants_keep_the_general_decode_path():
+    m = get_model("gemma-2-9b")                                          # local/global layers
+    assert "_decode_scalar" not in CostModel(m, H100, engine="vllm").__dict__
+    assert "_decode_scalar" not in CostModel(get_model("llama-3.1-8b"), H100, engine="vllm",
+                                             flash_decoding=False).__dict__

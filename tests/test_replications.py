@@ -54,8 +54,10 @@ def test_trace_arrivals_do_not_vary_with_the_seed(tmp_path):
     path = tmp_path / "trace.csv"
     pd.DataFrame(rows).to_csv(path, index=False)
     cfg = {**POISSON, "workload": {"type": "trace", "path": str(path)}}
-    band = run_replications(cfg, 3).band()
+    reps = run_replications(cfg, 3)
+    band = reps.band()
     assert band["ttft_s.mean"]["std"] == 0.0 and band["e2e_s.p99"]["min"] == band["e2e_s.p99"]["max"]
+    assert reps.summary()["replications"]["trace"] is True
 
 
 def test_cli_seeds_json_and_outputs(tmp_path):
@@ -66,7 +68,7 @@ def test_cli_seeds_json_and_outputs(tmp_path):
                        capture_output=True, text=True, env=env, timeout=120)
     assert p.returncode == 0, p.stderr
     s = json.loads(p.stdout)
-    assert s["replications"]["n"] == 2 and s["replications"]["seeds"] == [3, 4]
+    assert s["replications"]["n"] == 2 and s["replications"]["seeds"] == [3, 4] and not s["replications"]["trace"]
     assert set(s["replications"]["metrics"]["e2e_s.mean"]) == {"mean", "std", "min", "p5", "p50", "p95", "max"}
     table = pd.read_csv(tmp_path / "out" / "replications.csv")
     assert list(table.seed) == [3, 4]
@@ -81,3 +83,11 @@ def test_zero_seeds_is_a_config_error():
 
     with pytest.raises(ConfigError, match="--seeds"):
         run_replications(POISSON, 0)
+
+
+def test_overrides_with_a_built_config_are_refused():
+    from experiments.config import load_config
+    from sim.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="overrides"):
+        run_replications(load_config(POISSON), 2, overrides=["engine.max_num_seqs=8"])

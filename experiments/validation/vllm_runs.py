@@ -410,7 +410,8 @@ def spread_keys() -> list[str]:
     return [k for k in d[~d.overloaded].exp_key if not isinstance(run_row(k).requests_csv, str)]
 
 
-def _seed_job(args):
+def _seed_job(args: tuple[str, int, dict]) -> tuple[str, int, dict]:
+    """One replay under one arrival seed (a process-pool job): the run's overall metrics."""
     key, seed, kw = args
     return key, seed, replay(key, seed=seed, **kw)["all"]
 
@@ -421,10 +422,11 @@ def seed_spread(keys: list[str], jobs: int = 2, seeds: int = SPREAD_SEEDS, **kw)
     with ProcessPoolExecutor(jobs) as ex:
         got = list(ex.map(_seed_job, [(k, s, kw) for k in keys for s in range(seeds)]))
     rows = []
+    knees = set(knee_runs())
     for k in keys:
         sims = [v for kk, _, v in got if kk == k]
         r = run_row(k)
-        row = {"run": k, "knee": k in knee_runs()}
+        row = {"run": k, "knee": k in knees}
         for m, meas in (("ttft_mean", r.meas_ttft_mean_ms), ("e2e_mean", r.meas_e2e_mean_ms)):
             v = np.array([x[m] for x in sims])
             row |= {f"meas_{m}": float(meas), f"min_{m}": float(v.min()), f"p50_{m}": float(np.median(v)),
@@ -435,6 +437,7 @@ def seed_spread(keys: list[str], jobs: int = 2, seeds: int = SPREAD_SEEDS, **kw)
 
 
 def spread_markdown(t: pd.DataFrame, seeds: int = SPREAD_SEEDS) -> str:
+    """The seed-spread table of `seed_spread` for docs/VALIDATION.md, with what it says about the knee."""
     lines = ["### Arrival-seed spread of the generator replays", "",
              f"The runs replayed from the shared_prefix generator, under arrival seeds 0-{seeds - 1} (the table above "
              "uses seed 0; `servesim run --seeds N` gives the same spread for any config). Times in ms: measured, "
