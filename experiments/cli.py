@@ -84,7 +84,7 @@ def run(
 ) -> None:
     """Simulate a serving replica under a workload and summarise TTFT, TPOT, ITL, E2E and throughput."""
     from experiments.config import load_config
-    from experiments.replications import run_replications
+    from experiments.replications import near_capacity_knee, run_replications
 
     cfg = load_config(config, set_)
     if trace_out is not None:
@@ -108,6 +108,10 @@ def run(
         print_summary(reps.first.summary, out)
         if seeds > 1:
             print_replications(summary["replications"])
+        elif near_capacity_knee(summary):
+            typer.echo("note: requests queue (p99 TTFT over 5x its mean, or mean TTFT over 20 steps): this load is at "
+                       "or past the deployment's capacity knee, where one arrival draw moves mean TTFT by multiples; "
+                       "--seeds 8 shows the spread")
 
 
 @app.command()

@@ -44,6 +44,17 @@ def metric(summary: dict, path: str) -> float | None:
     return None if v is None else float(v)
 
 
+def near_capacity_knee(summary: dict) -> bool:
+    """Whether a run queued like one at or past its capacity: p99 TTFT above 5x the mean (bursts queue: the
+    criterion docs/VALIDATION.md uses for the measured runs), or mean TTFT above 20 steps (mean ITLs; a standing
+    queue: below capacity TTFT is about 3 steps). There one arrival draw moves mean TTFT by multiples."""
+    t, itl = summary.get("ttft_s") or {}, (summary.get("itl_s") or {}).get("mean")
+    mean, p99 = t.get("mean"), t.get("p99")
+    if not mean:
+        return False
+    return bool((p99 and p99 > 5.0 * mean) or (itl and mean > 20.0 * itl))
+
+
 @dataclass
 class Replications:
     """The runs of one config under seeds `seeds`: the first seed's full result and every seed's summary."""

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from experiments.replications import METRICS, metric, run_replications
+from experiments.replications import METRICS, metric, near_capacity_knee, run_replications
 from experiments.runner import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -91,3 +91,21 @@ def test_overrides_with_a_built_config_are_refused():
 
     with pytest.raises(ConfigError, match="overrides"):
         run_replications(load_config(POISSON), 2, overrides=["engine.max_num_seqs=8"])
+
+
+def test_knee_note_appears_only_when_ttft_tails_queue(tmp_path):
+    assert near_capacity_knee({"ttft_s": {"mean": 0.1, "p99": 0.6}, "itl_s": {"mean": 0.03}})      # bursts queue
+    assert near_capacity_knee({"ttft_s": {"mean": 2.6, "p99": 7.6}, "itl_s": {"mean": 0.03}})      # a standing queue
+    assert not near_capacity_knee({"ttft_s": {"mean": 0.1, "p99": 0.4}, "itl_s": {"mean": 0.03}})
+    assert not near_capacity_knee({"ttft_s": {"mean": None, "p99": None}, "itl_s": {"mean": None}})
+    env = {**os.environ, "COLUMNS": "200"}
+    outputs = {}
+    for rate in (5, 60):          # far below capacity (~23 req/s here); past it (the queue grows all run long)
+        cfg = tmp_path / f"r{rate}.yaml"
+        cfg.write_text(yaml.safe_dump({**POISSON, "workload": {**POISSON["workload"],
+                                                               "stages": [{"rate": rate, "duration_s": 10}]}}))
+        p = subprocess.run([str(SERVESIM), "run", str(cfg)], capture_output=True, text=True, env=env, timeout=120)
+        assert p.returncode == 0, p.stderr
+        outputs[rate] = p.stdout
+    assert "capacity knee" not in outputs[5]
+    assert "capacity knee" in outputs[60]
