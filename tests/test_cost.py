@@ -313,8 +313,13 @@ def test_empty_batch_costs_nothing():
 def test_decode_run_times_equal_step_time_exactly(engine, model, tp, gpu):
     """The engine fast-forwards runs of pure-decode steps with `decode_run_times`; its timestamps must
     be bit-identical to pricing each step with `step_time`, so the comparison is ==, not approx. On the
-    A100 and the TPU (no SM count) the per-wave block prologue is non-zero, so its waves are checked too."""
-    cost = CostModel(get_model(model), get_gpu(gpu), tp=tp, engine=engine)
+    A100 and the TPU (no SM count) a per-wave block prologue is switched on, so its waves are checked too."""
+    kw = {}
+    if gpu != "h100-sxm-80gb":
+        from sim.cost import kernel_constants
+
+        kw["constants"] = dataclasses.replace(kernel_constants(gpu), attn_decode_wave_s=2.5e-6)
+    cost = CostModel(get_model(model), get_gpu(gpu), tp=tp, engine=engine, **kw)
     lst = cost.decode_run_list(6, 5 + 130 + 999 + 2047 + 4096 + 17 + 6, 8)
     assert lst == cost.decode_run_times(6, 5 + 130 + 999 + 2047 + 4096 + 17 + 6, 8).tolist()
     contexts = [5, 130, 999, 2047, 4096, 17]

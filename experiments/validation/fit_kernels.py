@@ -28,7 +28,7 @@ FITS: dict[str, list[tuple[str, str, float, float]]] = {
     "gemm": [("k", "gemm_compute_eff", 0.4, 1.0), ("k", "gemm_knee", 1.0, 20.0), ("k", "mem_eff", 0.5, 1.0),
              ("k", "kernel_floor_s", 0.0, 20e-6)],
     "elementwise": [("k", "elementwise_mem_eff", 0.2, 1.0)],
-    "attention": [("k", "attn_decode_mem_eff", 0.5, 1.0), ("k", "attn_decode_wave_s", 0.0, 5e-6), ("k", "attn_decode_seq_s", 0.0, 5e-6),
+    "attention": [("k", "attn_decode_mem_eff", 0.5, 1.0), ("k", "attn_decode_seq_s", 0.0, 5e-6),
                   ("k", "attn_prefill_compute_eff", 0.05, 1.0), ("k", "attn_prefill_floor_s", 0.0, 50e-6),
                   ("k", "attn_prefill_token_s", 0.0, 1e-6)],
     "allreduce": [("k", "nccl_allreduce_latency_s", 0.0, 200e-6)],

@@ -35,7 +35,7 @@ WINDOW_S = 200.0
 MAX_NFEV = 15
 # (owner, field, lower, upper): owner "hopper" = a Hopper kernel constant, "vllm" = the engine profile
 PARAMS = [("hopper", "mem_eff", 0.6, 1.0), ("hopper", "kernel_floor_s", 0.5e-6, 8e-6), ("hopper", "gemm_knee", 1.0, 12.0),
-          ("hopper", "attn_decode_wave_s", 0.0, 4e-6), ("hopper", "attn_decode_seq_s", 0.0, 2e-6), ("hopper", "moe_expert_mem_eff", 0.3, 1.0),
+          ("hopper", "attn_decode_seq_s", 0.0, 2e-6), ("hopper", "moe_expert_mem_eff", 0.3, 1.0),
           ("vllm", "frontend_latency_s", 0.0, 0.03), ("vllm", "allreduce_latency_s", 2e-6, 60e-6)]
 
 

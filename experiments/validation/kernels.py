@@ -56,8 +56,8 @@ CALIBRATES = {
                "(end-to-end check of the GEMM and attention constants, A100 FP16 and L40S FP8)"],
     "gemm": ["gemm_compute_eff", "mem_eff", "gemm_knee", "kernel_floor_s"],
     "elementwise": ["elementwise_mem_eff"],
-    "attention": ["attn_decode_mem_eff", "attn_decode_wave_s, attn_decode_seq_s (decode with SM wave occupancy "
-                  "and Flash-Decoding splits)", "attn_prefill_compute_eff", "attn_prefill_floor_s",
+    "attention": ["attn_decode_mem_eff", "attn_decode_seq_s (decode with SM wave occupancy and Flash-Decoding "
+                  "splits; attn_decode_wave_s left at 0)", "attn_prefill_compute_eff", "attn_prefill_floor_s",
                   "attn_prefill_token_s"],
     "allreduce": ["nccl_allreduce_latency_s", "links.yaml nvlink3 achievable_fraction (check)"],
     "splitwise": ["splitwise.step_overhead_s", "splitwise.per_seq_overhead_s",
