@@ -94,6 +94,9 @@ class VLLMScheduler:
                     del order[vi]
                 preempted = True
                 if victim is req:
+                    # vLLM stops its running loop here, which with its default victim (the newest, the last in the
+                    # loop) leaves nobody behind; any other victim policy may pick a request with others after it,
+                    # who still get their tokens: the victim's blocks are free now
                     scheduled = False
                     break
                 if vi < i:
@@ -105,7 +108,7 @@ class VLLMScheduler:
                             del batch[j]
                             break
             if not scheduled:
-                break
+                continue                     # `req` left `order`: index i holds the next request now
             batch.append((req, n))
             budget -= n
             i += 1

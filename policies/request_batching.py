@@ -66,7 +66,8 @@ class _RequestLevel:
                 break                   # memory for fewer members: run those
             rep.waiting.remove(req)
             rep.admit(req, 0)
-            batch.append((req, req.num_tokens))
+            # a decode pool's request arrives with its prompt's KV (a prefill instance computed it): only the rest
+            batch.append((req, req.num_tokens - min(req.preloaded, req.num_tokens - 1)))
         if batch:
             self.members = [r for r, _ in batch]
             self.prompt_pad = max(n for _, n in batch)

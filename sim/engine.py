@@ -397,7 +397,10 @@ class Replica:
     def swap_in(self, req: Request, tokens: int) -> bool:
         """Bring the head of the swapped queue back: blocks for `tokens` tokens on the GPU and a host-to-GPU copy of
         what it had (paid at the start of the step). False, changing nothing, when the pool is short."""
-        if not self.kv.allocate(req.id, min(tokens, req.kv_cap), count=False):
+        # the copy brings back the prompt blocks it had: registered for prefix caching at once, as an admission does
+        # (left to the next block boundary, only the per-iteration loop would get to it: fast-forward never grows)
+        hashes = req.hashes if self.engine.enable_prefix_caching else ()
+        if not self.kv.allocate(req.id, min(tokens, req.kv_cap), hashes, count=False):
             return False
         self.swapped.popleft()
         self.swap.release(req.swapped_blocks)
