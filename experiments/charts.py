@@ -438,3 +438,16 @@ def save_study_figure(fig: go.Figure, out_dir: "str | Path", name: str, docs: bo
     if docs:
         save_figure(fig, DOCS_STUDIES / name, **kwargs)
         (DOCS_STUDIES / f"{name}.html").unlink(missing_ok=True)
+
+
+def study_parser(doc: str, out: str, docs_help: str, *, workers: bool = True) -> "argparse.ArgumentParser":
+    """The command line every example study shares: `--out` (default `out`), `--workers` (parallel runs; left out
+    for a study that runs in-process) and `--docs` (also write the docs/studies/ PNG); a study adds its own."""
+    import argparse
+
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", type=Path, default=Path(out))
+    if workers:
+        ap.add_argument("--workers", type=int, default=None)
+    ap.add_argument("--docs", action="store_true", help=docs_help)
+    return ap

@@ -11,7 +11,6 @@ needs kaleido); --docs also writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -36,11 +35,8 @@ def label(cell) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the admission-control study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/admission_control"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/admission_control.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/admission_control",
+                               "also write docs/studies/admission_control.png").parse_args(argv)
 
     res = run_sweep(HERE / "admission_control.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"].copy()

@@ -9,7 +9,6 @@ kaleido); --docs also writes the PNG to docs/studies/ for docs/STUDIES.md.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from experiments import charts
@@ -21,11 +20,8 @@ CHUNK, RATE = "engine.max_num_batched_tokens", "workload.stages[0].rate"
 
 def main(argv: list[str] | None = None) -> None:
     """Run the chunk-size study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/chunk_size_itl"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/chunk_size_itl.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/chunk_size_itl",
+                               "also write docs/studies/chunk_size_itl.png").parse_args(argv)
 
     res = run_sweep(HERE / "chunk_size_itl.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"]

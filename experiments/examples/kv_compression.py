@@ -12,7 +12,6 @@ kaleido); --docs also writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 from types import SimpleNamespace
@@ -49,11 +48,8 @@ def _eviction(cell) -> dict | None:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the KV compression study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/kv_compression"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/kv_compression.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/kv_compression",
+                               "also write docs/studies/kv_compression.png").parse_args(argv)
 
     source = HERE / "kv_compression.yaml"
     spec, base, _ = load_sweep(source)

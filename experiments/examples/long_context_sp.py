@@ -14,7 +14,6 @@ kaleido) under --out; --docs also writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from pathlib import Path
 
@@ -143,10 +142,8 @@ def figure(df: pd.DataFrame, spec: dict) -> go.Figure:
 
 def main(argv: list[str] | None = None) -> None:
     """Price the study's cells, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/long_context_sp"))
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/long_context_sp.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/long_context_sp",
+                               "also write docs/studies/long_context_sp.png", workers=False).parse_args(argv)
 
     spec = read_yaml(HERE / "long_context_sp.yaml")
     df = cells(spec)

@@ -15,7 +15,6 @@ Writes offload_flexgen.html/.png under --out; --docs also writes docs/studies/of
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import replace
 from pathlib import Path
 
@@ -70,10 +69,8 @@ def curves(spec: dict) -> tuple[list[dict], float]:
 
 def main(argv: list[str] | None = None) -> None:
     """Price the job for every placement and batch, print the table and draw the chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/offload_flexgen"))
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/offload_flexgen.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/offload_flexgen",
+                               "also write docs/studies/offload_flexgen.png", workers=False).parse_args(argv)
     spec = read_yaml(HERE / "offload_flexgen.yaml")
     rows, pcie = curves(spec)
 

@@ -11,7 +11,6 @@ tests/data/traces, which shows the mechanism but not the numbers of docs/STUDIES
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -28,12 +27,9 @@ CPU, NVME, SCALE = "engine.cpu_offload_gb", "engine.nvme_offload_gb", "workload.
 
 def main(argv: list[str] | None = None) -> None:
     """Run the offload sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/offload_mooncake"))
+    ap = charts.study_parser(__doc__, "out/offload_mooncake", "also write docs/studies/offload_mooncake.png")
     ap.add_argument("--trace", type=Path, default=None, help="Mooncake JSONL trace (default: ../shared's, else the "
                                                              "shipped slice)")
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/offload_mooncake.png")
     args = ap.parse_args(argv)
 
     sweep = read_yaml(HERE / "offload_mooncake.yaml")

@@ -10,7 +10,6 @@ to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from experiments import charts
@@ -26,11 +25,7 @@ PANELS = (("classes.interactive.attainment.ttft", "interactive: TTFT <= 1 s"),
 
 def main(argv: list[str] | None = None) -> None:
     """Run the ordering study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/ordering_slo"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/ordering_slo.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/ordering_slo", "also write docs/studies/ordering_slo.png").parse_args(argv)
 
     res = run_sweep(HERE / "ordering_slo.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"]

@@ -10,7 +10,6 @@ paged_vs_contiguous.html/.png (PNG needs kaleido); --docs also writes the PNG to
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from experiments import charts
@@ -24,11 +23,8 @@ TITLES = ("mean running batch (sequences)", "output tokens/s", "p50 E2E latency 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the KV-allocation study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/paged_vs_contiguous"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/paged_vs_contiguous.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/paged_vs_contiguous",
+                               "also write docs/studies/paged_vs_contiguous.png").parse_args(argv)
 
     res = run_sweep(HERE / "paged_vs_contiguous.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"]

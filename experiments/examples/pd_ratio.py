@@ -14,7 +14,6 @@ standard columns.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import pandas as pd
@@ -87,11 +86,7 @@ def figure(df: pd.DataFrame) -> go.Figure:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the study, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path(f"out/{NAME}"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help=f"also write docs/studies/{NAME}.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, f"out/{NAME}", f"also write docs/studies/{NAME}.png").parse_args(argv)
 
     df = run_points(HERE / f"{NAME}.yaml", simulate, columns=[RATE], workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -9,7 +9,6 @@ writes them to docs/studies/ for docs/STUDIES.md.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import numpy as np
@@ -22,11 +21,7 @@ HERE = Path(__file__).resolve().parent
 
 def main(argv: list[str] | None = None) -> None:
     """Run the Llama-3.1-70B capacity plan, print it and write its charts."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/plan_llama70b"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write the PNGs to docs/studies/")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/plan_llama70b", "also write the PNGs to docs/studies/").parse_args(argv)
 
     res = plan(HERE / "plan_llama70b.yaml", args.out, workers=args.workers)
     print_plan(res)

@@ -9,7 +9,6 @@ and prefix_caching_multiturn.html/.png (PNG needs kaleido); --docs also writes t
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from experiments import charts
@@ -21,11 +20,8 @@ CACHE, LOAD = "engine.enable_prefix_caching", "workload.arrival.rate"
 
 def main(argv: list[str] | None = None) -> None:
     """Run the prefix-caching study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/prefix_caching"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/prefix_caching_multiturn.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/prefix_caching",
+                               "also write docs/studies/prefix_caching_multiturn.png").parse_args(argv)
 
     res = run_sweep(HERE / "prefix_caching_multiturn.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"]

@@ -10,7 +10,6 @@ kaleido); --docs also writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 import plotly.graph_objects as go
@@ -27,11 +26,7 @@ WEIGHTS = ("bf16", "fp8", "int4")
 
 def main(argv: list[str] | None = None) -> None:
     """Run the quantization study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/quantization"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/quantization.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/quantization", "also write docs/studies/quantization.png").parse_args(argv)
 
     res = run_sweep(HERE / "quantization.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"].copy()

@@ -11,7 +11,6 @@ writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -35,11 +34,8 @@ def label(cell) -> str:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the speculative-decoding study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/speculative_batch"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/speculative_batch.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/speculative_batch",
+                               "also write docs/studies/speculative_batch.png").parse_args(argv)
 
     res = run_sweep(HERE / "speculative_batch.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"].copy()

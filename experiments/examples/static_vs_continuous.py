@@ -10,7 +10,6 @@ static_vs_continuous.html/.png (PNG needs kaleido); --docs also writes the PNG t
 """
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from experiments import charts
@@ -23,11 +22,8 @@ THR = "throughput.output_tokens_per_s"
 
 def main(argv: list[str] | None = None) -> None:
     """Run the batching study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/static_vs_continuous"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/static_vs_continuous.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/static_vs_continuous",
+                               "also write docs/studies/static_vs_continuous.png").parse_args(argv)
 
     res = run_sweep(HERE / "static_vs_continuous.yaml", args.out, workers=args.workers)
     ok = res.table[res.table["status"] == "ok"]

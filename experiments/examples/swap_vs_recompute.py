@@ -13,7 +13,6 @@ needs kaleido); --docs also writes the PNG to docs/studies/.
 """
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -50,11 +49,8 @@ def pcie_gbps(g) -> float:
 
 def main(argv: list[str] | None = None) -> None:
     """Build the graphs, run the preemption study's sweep, print its table and write its chart."""
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", type=Path, default=Path("out/swap_vs_recompute"))
-    ap.add_argument("--workers", type=int, default=None)
-    ap.add_argument("--docs", action="store_true", help="also write docs/studies/swap_vs_recompute.png")
-    args = ap.parse_args(argv)
+    args = charts.study_parser(__doc__, "out/swap_vs_recompute",
+                               "also write docs/studies/swap_vs_recompute.png").parse_args(argv)
 
     sweep = read_yaml(HERE / "swap_vs_recompute.yaml")
     default_bw = pcie_gbps(default_cluster("h100-sxm-80gb", 1).graph)
