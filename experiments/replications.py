@@ -44,6 +44,11 @@ def metric(summary: dict, path: str) -> float | None:
     return None if v is None else float(v)
 
 
+# p99 TTFT over this many times its mean: requests queue in bursts (the capacity knee); the validation report marks
+# measured runs by the same ratio (experiments.validation.vllm_runs.knee_runs)
+KNEE_TTFT_P99_OVER_MEAN = 5.0
+
+
 def near_capacity_knee(summary: dict) -> bool:
     """Whether a run queued like one at or past its capacity: p99 TTFT above 5x the mean (bursts queue: the
     criterion docs/VALIDATION.md uses for the measured runs), or mean TTFT above 20 steps (mean ITLs; a standing
@@ -52,7 +57,7 @@ def near_capacity_knee(summary: dict) -> bool:
     mean, p99 = t.get("mean"), t.get("p99")
     if not mean:
         return False
-    return bool((p99 and p99 > 5.0 * mean) or (itl and mean > 20.0 * itl))
+    return bool((p99 and p99 > KNEE_TTFT_P99_OVER_MEAN * mean) or (itl and mean > 20.0 * itl))
 
 
 @dataclass

@@ -334,8 +334,10 @@ def _fmt(v: float) -> str:
 def knee_runs() -> list[str]:
     """Normal-load runs at the capacity knee: queueing already in the measurement (TTFT p99 > 5x its mean),
     so their mean TTFT moves by multiples for a few percent of step time."""
+    from experiments.replications import KNEE_TTFT_P99_OVER_MEAN
+
     d = selected_runs()
-    return list(d[~d.overloaded & (d.meas_ttft_p99_ms > 5 * d.meas_ttft_mean_ms)].exp_key)
+    return list(d[~d.overloaded & (d.meas_ttft_p99_ms > KNEE_TTFT_P99_OVER_MEAN * d.meas_ttft_mean_ms)].exp_key)
 
 
 def _mape_line(label: str, table: pd.DataFrame, over: bool) -> str:
