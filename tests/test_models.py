@@ -27,6 +27,8 @@ REQUIRED_KEYS = {
     "gemma-2-9b", "yi-34b", "llama-4-scout-17b-16e", "llama-3.2-1b", "llama-3.2-3b",
     # the OPT family (ReLU FFN, learned positions) for the FlexGen offloading checks
     "opt-6.7b", "opt-13b", "opt-30b", "opt-66b", "opt-175b",
+    # BLOOM (GELU FFN, ALiBi, biases): half of the Splitwise A100 step-time family
+    "bloom-176b",
 }
 
 # Transcribed from /work/shared/reference/models.csv (total_params_b, active_params_b,
@@ -104,6 +106,11 @@ SHAPE_FIELDS = (
 
 def test_catalogue_has_exactly_the_required_keys():
     assert {m.name for m in list_models()} == REQUIRED_KEYS
+
+
+def test_bloom_parameter_count_matches_its_model_card():
+    # bigscience/bloom's model card: 176,247,271,424 parameters (biases and LayerNorms included, LM head tied)
+    assert get_model("bigscience/bloom").total_params == pytest.approx(176_247_271_424, rel=2e-3)
 
 
 def test_every_entry_cites_a_source():

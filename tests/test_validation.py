@@ -14,11 +14,6 @@ import pytest
 from experiments.validation import kernels as K
 from experiments.validation import vllm_runs as V
 
-# Families that cannot meet the p90 target with physical constants (docs/VALIDATION.md says why); their
-# medians must still meet the target and their p90 must not get worse than this.
-P90_EXCEPTIONS = {"attention": 0.30, "splitwise": 0.30}
-
-
 @pytest.fixture(scope="module")
 def families():
     return K.evaluate()
@@ -36,7 +31,7 @@ def test_kernel_family_meets_its_error_target(families, family):
     pts = K.ACCEPT_FILTERS.get(family, lambda p: p)(families[family])
     s = K.summarize(pts)
     assert s["median"] <= K.TARGET_MEDIAN, (family, s)
-    assert s["p90"] <= P90_EXCEPTIONS.get(family, K.TARGET_P90), (family, s)
+    assert s["p90"] <= K.TARGET_P90, (family, s)
 
 
 def test_allreduce_model_is_latency_plus_ring_bandwidth():

@@ -14,7 +14,7 @@ same shape); the error of a point is predicted / measured - 1. The families and 
               (compute and memory efficiency, the knee between them, the per-kernel floor).
 4. attention  Vidur A100 attention kernel times (paged decode, chunked prefill).
 5. allreduce  NCCL all-reduce on a DGX A100 (2/4/8 GPUs): bus bandwidth and the per-call latency.
-6. splitwise  Splitwise Llama-2-70B prefill and decode times (TP 2/4/8) as ratios between points:
+6. splitwise  Splitwise Llama-2-70B (TP 2/4/8) and BLOOM-176B (TP 8) prefill and decode times as ratios between points:
               how time scales with prompt length, batch, context and TP (its engine is overhead-heavy).
 
 Besides, `device_points` compares the model with kernels timed on a lent H100 (bf16 and int4 tinygemm GEMMs,
@@ -279,43 +279,49 @@ def allreduce_points(k: KernelConstants = CONSTANTS, profiles: dict | None = Non
 
 # ----------------------------------------------------------------------------- 6. Splitwise
 
+SPLITWISE_MODELS = {"llama2-70b": "llama-2-70b", "bloom-176b": "bloom-176b"}   # Splitwise's names -> catalogue
+
+
 def _splitwise_rows() -> pd.DataFrame:
     d = pd.read_csv(DATA / "measured" / "splitwise_a100_perf_summary.csv")
-    d = d[d.model == "llama2-70b"]
+    d = d[d.model.isin(list(SPLITWISE_MODELS))]
     return d[~((d.tp == 2) & (d.batch_size == 64))]          # the README: TP2 batch-64 rows look truncated
 
 
 def splitwise_points(k: KernelConstants = CONSTANTS, profiles: dict | None = None) -> list[Point]:
-    """Ratios of each row's prefill and per-step decode time to the same TP's reference row (prompt 512,
-    batch 1, 128 tokens), and of the reference rows across TP (to TP 8)."""
+    """Ratios of each row's prefill and per-step decode time to the same model and TP's reference row (prompt
+    512, batch 1, 128 tokens), and of the reference rows across TP (to TP 8)."""
     eng = _profile("splitwise", profiles)
     d = _splitwise_rows()
-    pred = {}
+    pred, meas = {}, {}
     for r in d.itertuples():
-        cost = _cost("llama-2-70b", A100, int(r.tp), eng, k, weight_dtype="fp16")
+        cost = _cost(SPLITWISE_MODELS[r.model], A100, int(r.tp), eng, k, weight_dtype="fp16")
         b, p, n = int(r.batch_size), int(r.prompt_size), int(r.token_size)
         prefill = cost.step_time(BatchShape.prefill(b, p))
         steps = max(n - 1, 1)
         decode = float(cost.decode_run_times(b, b * (p + 1), steps).mean())
-        pred[(r.tp, p, b, n)] = (prefill, decode)
-    meas = {(r.tp, r.prompt_size, r.batch_size, r.token_size): (r.prompt_time_ms_median, r.token_time_ms_median)
-            for r in d.itertuples()}
+        key = (r.model, r.tp, p, b, n)
+        pred[key] = (prefill, decode)
+        meas[key] = (r.prompt_time_ms_median, r.token_time_ms_median)
     out = []
-    for tp in sorted(d.tp.unique()):
-        ref = (tp, 512, 1, 128)
-        for key in sorted(k_ for k_ in meas if k_[0] == tp and k_ != ref):
-            _, p, b, n = key
-            for i, phase in enumerate(("prefill", "decode")):
-                if phase == "prefill" and n != 128:
-                    continue                                   # same prefill as the reference: no information
-                m = meas[key][i] / meas[ref][i]
-                s = pred[key][i] / pred[ref][i]
-                out.append(Point("splitwise", f"tp{tp} {phase} p{p} b{b} n{n} / p512 b1", m, s, "ratio"))
-        if tp != 8:
-            for i, phase in enumerate(("prefill", "decode")):
-                m = meas[ref][i] / meas[(8, 512, 1, 128)][i]
-                s = pred[ref][i] / pred[(8, 512, 1, 128)][i]
-                out.append(Point("splitwise", f"{phase} p512 b1 tp{tp} / tp8", m, s, "ratio"))
+    for model in SPLITWISE_MODELS:
+        tag = "" if model == "llama2-70b" else f"{SPLITWISE_MODELS[model]} "
+        tps = sorted({key[1] for key in meas if key[0] == model})
+        for tp in tps:
+            ref = (model, tp, 512, 1, 128)
+            for key in sorted(k_ for k_ in meas if k_[:2] == (model, tp) and k_ != ref):
+                _, _, p, b, n = key
+                for i, phase in enumerate(("prefill", "decode")):
+                    if phase == "prefill" and n != 128:
+                        continue                               # same prefill as the reference: no information
+                    m = meas[key][i] / meas[ref][i]
+                    s = pred[key][i] / pred[ref][i]
+                    out.append(Point("splitwise", f"{tag}tp{tp} {phase} p{p} b{b} n{n} / p512 b1", m, s, "ratio"))
+            if tp != 8 and 8 in tps:
+                for i, phase in enumerate(("prefill", "decode")):
+                    m = meas[ref][i] / meas[(model, 8, 512, 1, 128)][i]
+                    s = pred[ref][i] / pred[(model, 8, 512, 1, 128)][i]
+                    out.append(Point("splitwise", f"{tag}{phase} p512 b1 tp{tp} / tp8", m, s, "ratio"))
     return out
 
 
