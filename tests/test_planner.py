@@ -8,8 +8,6 @@ import json
 import math
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -20,11 +18,8 @@ from experiments import planner
 from experiments.planner import SLO, load_plan, probe_config, search_max_rate
 from experiments.runner import run
 from sim.errors import CatalogError, ConfigError
+from tests.paths import ROOT, SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 
 PLAN = {
     "name": "test plan",

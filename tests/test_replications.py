@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -14,11 +12,8 @@ import yaml
 
 from experiments.replications import METRICS, metric, near_capacity_knee, run_replications
 from experiments.runner import run
+from tests.paths import SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 
 POISSON = {
     "model": "llama-2-7b",

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,11 +23,8 @@ from experiments.report import Report, run_report
 from experiments.runner import run
 from experiments.sweep import run_sweep
 from experiments.trace_export import chrome_trace
+from tests.paths import SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 
 BASE = {
     "model": "llama-3.1-8b",

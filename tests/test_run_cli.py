@@ -10,7 +10,6 @@ import json
 import math
 import os
 import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,11 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from tests.paths import ROOT, SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 MIXTRAL_HEAD = Path(__file__).parent / "data" / "traces" / "validation_mixtral_head.csv"
 
 BASE = {

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,11 +15,8 @@ import yaml
 
 from experiments.sweep import SweepSpec, expand, load_sweep, resolve_point, run_sweep
 from sim.errors import ConfigError
+from tests.paths import ROOT, SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 
 BASE = {
     "model": "llama-3.1-8b",

@@ -3,8 +3,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,11 +13,8 @@ from workloads.build import build_workload
 from workloads.describe import _PrefixTrie, describe
 
 from .test_workload_formats import AZURE_CODE_HEAD, MOONCAKE_HEAD, SHAREGPT_HEAD
+from tests.paths import SERVESIM
 
-ROOT = Path(__file__).resolve().parents[1]
-SERVESIM = Path(sys.executable).parent / "servesim"
-if not SERVESIM.exists():  # pragma: no cover - fall back to the project's venv
-    SERVESIM = ROOT / ".venv" / "bin" / "servesim"
 KEYS = {"rows", "duration_s", "rate_per_s", "input_tokens", "output_tokens", "interarrival_cv",
         "prefix_hit_upper_bound"}
 
