@@ -72,7 +72,7 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
                      sparsity=cfg.model.sparsity, int4_kernel=cfg.model.int4_kernel,
                      kv_eviction=eviction.cost_terms() if eviction is not None else None,
                      expert_parallel=_expert_parallel(par, tp), expert_skew=par.expert_load_skew,
-                     alltoall=alltoall if par.ep > 1 else None)
+                     alltoall=alltoall if par.ep > 1 else None, ep_size=par.ep if par.ep > 1 else None)
     if cfg.offload is not None or cfg.powerinfer is not None:
         cost = offloaded_cost(cfg, cost)
     if sp > 1:
@@ -81,10 +81,12 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
 
 
 def _expert_parallel(par, tp: int) -> bool:
-    """EP on (ep == tp > 1) or off (ep == 1); any other degree is refused (EP spans the replica's TP GPUs)."""
-    if par.ep not in (1, tp):
+    """EP off (ep == 1), over the replica's TP GPUs (ep == tp > 1), or over the GPUs of several data-parallel
+    replicas stepping in lockstep (ep == replicas x tp; the deployment checks the replica count)."""
+    if par.ep != 1 and par.ep % tp:
         raise ConfigError(f"parallelism.ep={par.ep}: expert parallelism spreads the experts over the replica's TP "
-                          f"GPUs; use ep: 1 or ep: {tp} (= tp)")
+                          f"GPUs (ep: {tp}) or over those of data-parallel replicas (ep: replicas x {tp}); "
+                          f"use ep: 1, {tp} or a multiple of {tp}")
     return par.ep > 1
 
 

@@ -55,9 +55,11 @@ class ParallelismConfig(_Model):
     tp: PositiveInt = Field(1, description="Tensor-parallel degree (GPUs per replica, within one node).")
     pp: PositiveInt = Field(1, description="Pipeline-parallel stages (each a TP group; layers split evenly). vLLM "
                                            "keeps pp batches in flight, one per virtual engine.")
-    ep: PositiveInt = Field(1, description="Expert parallelism for MoE models: 1 (experts sliced by TP) or equal to tp "
+    ep: PositiveInt = Field(1, description="Expert parallelism for MoE models: 1 (experts sliced by TP), equal to tp "
                                            "(vLLM's --enable-expert-parallel: whole experts spread over the TP GPUs, "
-                                           "tokens dispatched and combined by two all-to-alls per MoE layer).")
+                                           "tokens dispatched and combined by two all-to-alls per MoE layer), or "
+                                           "deployment.replicas x tp (DP attention: the replicas step in lockstep and "
+                                           "their expert layers span all their GPUs).")
     expert_load_skew: float = Field(1.0, ge=1.0, description="Under EP, the busiest GPU's share of the tokens' expert "
                                                              "work over the mean (1 = perfectly balanced; EPLB aims "
                                                              "for it).")

@@ -61,6 +61,7 @@ from sim.kvcache import KVCacheManager
 from sim.links import FlowNetwork
 from sim.request import FINISHED, REJECTED, Request
 from sim.pipeline import Pipeline
+from sim.lockstep import LockstepGroup
 from topologies import (GroupRequest, allreduce_params, alltoall_time, build_cluster, default_cluster_for, p2p_time,
                         place)
 
@@ -141,6 +142,7 @@ class Deployment:
         plan_rng = np.random.default_rng(next(streams))
         self.pools: list[Pool] = []
         self.replicas: list[Replica] = []
+        self.lockstep: LockstepGroup | None = None
         self.prefill_log = RequestLog() if cfg.pools is not None else None
         self._attempts: dict[int, tuple[Request, list[int]]] = {}     # cascade: request id -> (original, tiers left)
         self.attempt_logs: dict[str, _AttemptLog] = {}
@@ -149,8 +151,12 @@ class Deployment:
             gcfg = group_cfgs.get(name, cfg)
             mine = [p for p in placements if p.group == name]
             par = self._parallelism(gcfg, name)
+            lockstep = par.ep > tp                   # experts over the GPUs of every replica: one lockstep group
+            if lockstep:
+                _check_wide_ep(cfg, name, count, tp, pp, par)
+            ep_gpus = [g for p in mine for g in p.stages[0]] if lockstep else mine[0].stages[0]
             cost = build_cost_model(gcfg, gpu, tp, allreduce=self._allreduce(mine[0].stages[0], gpu, tp),
-                                    alltoall=self._alltoall(mine[0].stages[0], par, tp), par=par)
+                                    alltoall=self._alltoall(ep_gpus, par, tp), par=par)
             plan = plan_replica(gcfg, cost, plan_rng, pp=pp)
             pool_log = self.prefill_log if name == "prefill" else log
             if name in escalating:
@@ -167,11 +173,13 @@ class Deployment:
                                          self._host_mover(placement.stages[0]))
                     pol.pipeline = pipeline
                     rep = Replica(env, len(self.replicas), cost, kv, plan.engine, build_scheduler(gcfg), pool_log,
-                                  mode, pol)
+                                  mode, pol, own_loop=not lockstep)
                     rep.pool = name
                     rep.placement = placement
                     replicas.append(rep)
                     self.replicas.append(rep)
+            if lockstep:
+                self.lockstep = LockstepGroup(env, replicas)
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
             if len(replicas) > 1 and getattr(registry.get("router", router_name), "reads_kv", False):
@@ -323,7 +331,7 @@ class Deployment:
         (`topologies.collectives.alltoall_time`): EP's over the TP group (with the expert-load skew), Ulysses' over
         the SP ranks (one per TP index: the stage's GPUs are TP groups one after another); None otherwise."""
         cluster = self.cluster
-        if par.ep > 1 and tp > 1:
+        if par.ep > 1 and len(gpus) > 1:
             group, skew = list(gpus), par.expert_load_skew
             return lambda nbytes: alltoall_time(cluster, group, nbytes, skew)
         if par.sp > 1:
@@ -530,3 +538,20 @@ class Deployment:
         flows = [self.net.transfer(self.cluster.path(src_gpus[k % len(src_gpus)], dst_gpus[k % len(dst_gpus)]),
                                    nbytes / n, "kv-transfer") for k in range(n)]
         return flows[0] if n == 1 else self.env.all_of(flows)
+
+
+def _check_wide_ep(cfg: RunConfig, pool: str, replicas: int, tp: int, pp: int, par) -> None:
+    """Expert parallelism over several replicas (vLLM's data-parallel attention with --enable-expert-parallel): the
+    plain replicas of one deployment, each a TP group, whose GPUs together hold the experts."""
+    if pool != "replicas" or cfg.autoscaling is not None:
+        raise ConfigError(f"parallelism.ep={par.ep} > tp={tp} (experts over several data-parallel replicas) is "
+                          f"modelled for a deployment's replicas only, without pools, cascade or autoscaling; "
+                          f"use ep: {tp}")
+    if par.ep != replicas * tp:
+        raise ConfigError(f"parallelism.ep={par.ep}: experts spread over data-parallel replicas span all of them; "
+                          f"use ep: {replicas * tp} (deployment.replicas={replicas} x tp={tp}) or ep: {tp}")
+    if pp > 1 or par.sp > 1:
+        raise ConfigError("parallelism.ep over data-parallel replicas with pp or sp is not modelled; use pp: 1 and sp: 1")
+    if cfg.speculative is not None:
+        raise ConfigError("parallelism.ep over data-parallel replicas with speculative decoding is not modelled; "
+                          "remove speculative or use ep <= tp")

@@ -34,24 +34,31 @@ class CollectivePricing:
         large = max(small, self.k.nccl_allreduce_latency_s)
         return small, large, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
 
-    def _allreduce_time(self, tokens: int) -> float:
+    def _allreduce_time(self, tokens: int, moe_tokens: int | None = None) -> float:
         """Both all-reduces of every layer (after attention and after the FFN) for `tokens` rows; under expert
-        parallelism a MoE layer's FFN all-reduce is replaced by its dispatch and combine all-to-alls."""
+        parallelism a MoE layer's FFN all-reduce is replaced by its dispatch and combine all-to-alls, over the
+        `moe_tokens` of the lockstep group when the experts span one (default: the step's own tokens)."""
         small, large, limit, per_byte = self._collective
+        if self.expert_parallel:
+            m = self.model
+            ep = m.num_moe_layers * 2 * self._ep_alltoall(tokens if moe_tokens is None else moe_tokens)
+            if not per_byte:
+                return ep                      # tp 1: attention needs no all-reduce, only the experts' all-to-alls
+            msg = tokens * m.hidden_size * DTYPE_BYTES[self.act_dtype]
+            one = (small if msg <= limit else large) + msg * per_byte
+            return (m.num_layers + m.num_dense_layers) * one + ep
         if not per_byte:
             return 0.0
         msg = tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
         one = (small if msg <= limit else large) + msg * per_byte
-        if self.expert_parallel:
-            m = self.model
-            return (m.num_layers + m.num_dense_layers) * one + m.num_moe_layers * 2 * self._ep_alltoall(tokens)
         return 2 * self.model.num_layers * one
 
     def _ep_alltoall(self, tokens: int) -> float:
-        """One EP all-to-all: each GPU sends its 1/tp share of the tokens' hidden states to the GPUs of their
-        top-k experts (1/tp of them stay local); the hottest GPU receives `expert_skew` x the mean."""
-        m, t = self.model, self.tp
-        nbytes = tokens / t * m.experts_per_token * m.hidden_size * DTYPE_BYTES[self.act_dtype]
+        """One EP all-to-all over the `ep_size` GPUs holding the experts: each sends its 1/ep_size share of the
+        `tokens` hidden states to the GPUs of their top-k experts (1/ep_size of them stay local); the hottest GPU
+        receives `expert_skew` x the mean."""
+        m, g = self.model, self.ep_size
+        nbytes = tokens / g * m.experts_per_token * m.hidden_size * DTYPE_BYTES[self.act_dtype]
         if self._alltoall is not None:
             return self._alltoall(nbytes)
         if self._ideal:
@@ -60,7 +67,7 @@ class CollectivePricing:
             latency = max(self.engine.allreduce_latency_s, self.k.nccl_allreduce_latency_s)
         spec = get_link(self.gpu.scaleup or self.gpu.host_link)
         bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)
-        return latency + nbytes * (t - 1) / t * self.expert_skew / bw
+        return latency + nbytes * (g - 1) / g * self.expert_skew / bw
 
 
 def allreduce_time(nbytes: float, n: int, bus_bw: float, latency: float) -> float:
@@ -89,14 +96,14 @@ def _expected_max_binomial(n: int, p: float, copies: int) -> float:
     return total
 
 
-def _validate_expert_parallel(model: ModelSpec, tp: int, skew: float) -> None:
-    """EP spreads whole experts over the TP group: a MoE model whose expert count the group divides."""
+def _validate_expert_parallel(model: ModelSpec, ep: int, skew: float) -> None:
+    """EP spreads whole experts over its GPUs: a MoE model whose expert count the EP group divides."""
     if not model.is_moe:
         raise ConfigError(f"parallelism.ep: {model.name} has no experts; expert parallelism is for MoE models "
                           f"(set ep: 1)")
-    if model.num_experts % tp:
-        raise ConfigError(f"parallelism.ep={tp}: {model.name}'s {model.num_experts} experts do not split evenly over "
-                          f"{tp} GPUs; use an ep (= tp) that divides {model.num_experts}")
+    if model.num_experts % ep:
+        raise ConfigError(f"parallelism.ep={ep}: {model.name}'s {model.num_experts} experts do not split evenly over "
+                          f"{ep} GPUs; use an ep that divides {model.num_experts}")
     if not skew >= 1.0:
         raise ConfigError(f"parallelism.expert_load_skew must be >= 1 (the hottest GPU's expert load over the mean), "
                           f"got {skew!r}")

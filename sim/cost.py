@@ -351,14 +351,20 @@ class CostModel(AttentionPricing, CollectivePricing):
                  flash_decoding: bool = True, sparsity: str | None = None,
                  kv_eviction: tuple[str, float, int] | None = None, int4_kernel: str | None = None,
                  expert_parallel: bool = False, expert_skew: float = 1.0,
-                 alltoall: "Callable[[float], float] | None" = None) -> None:
+                 alltoall: "Callable[[float], float] | None" = None, ep_size: int | None = None) -> None:
         self.model, self.gpu, self.tp = model, gpu, tp
         # expert parallelism: each GPU of the TP group holds num_experts / tp whole experts (instead of a 1/tp slice
         # of every expert); a MoE layer dispatches each token's hidden state to its top-k experts' GPUs and combines
         # the results back, two all-to-alls that replace the layer's FFN all-reduce; the hottest GPU gets
         # `expert_skew` x the mean expert load. `alltoall(bytes_per_gpu) -> s` prices one all-to-all on the
         # placement's path (topologies.collectives.alltoall_time); None: the GPU's scale-up link.
-        self.expert_parallel = bool(expert_parallel) and model.is_moe and tp > 1
+        # `ep_size` (default tp): the GPUs the experts are spread over. Larger than tp for vLLM's data-parallel
+        # attention with expert parallelism (--data-parallel-size D --enable-expert-parallel: ep = D x tp), where
+        # the MoE layers of D lockstep replicas run on the tokens of all of them (`step_time(b, moe_tokens)`).
+        self.ep_size = int(ep_size or tp) if expert_parallel else 1
+        self.expert_parallel = bool(expert_parallel) and model.is_moe and self.ep_size > 1
+        # data-parallel ranks whose tokens the expert layers see; a step priced without them assumes balanced ranks
+        self._dp_ranks = self.ep_size // tp if self.expert_parallel and self.ep_size > tp else 1
         self.expert_skew = expert_skew
         self._alltoall = alltoall
         # (bus bandwidth B/s, latency s) of the TP group's real all-reduce path when a placement knows it
@@ -383,7 +389,7 @@ class CostModel(AttentionPricing, CollectivePricing):
         _validate(model, gpu, tp, self.weight_dtype, self.kv_dtype)
         _validate_variants(gpu, sparsity, self.kv_eviction, self.int4_kernel)
         if expert_parallel:
-            _validate_expert_parallel(model, tp, expert_skew)
+            _validate_expert_parallel(model, self.ep_size, expert_skew)
         ideal = self.engine.roofline_only
         self._ideal = ideal
         # without CUDA graphs the host launches every kernel: each costs at least the launch time
@@ -492,13 +498,13 @@ class CostModel(AttentionPricing, CollectivePricing):
             # slice of every expert), skew/ep of them under EP (whole experts, unevenly loaded)
             work = 1.0
             if self.expert_parallel:
-                e_inter, work = m.moe_intermediate_size, self.expert_skew / t
+                e_inter, work = m.moe_intermediate_size, self.expert_skew / self.ep_size
             ops.append(_Linear("moe_experts", moe_layers, work * m.experts_per_token * 2.0 * mats * h * e_inter, 0.0,
                                mats * h * e_inter * wb * sf,
                                work * m.experts_per_token * (2 * h + mats * e_inter) * ab, 0.0,
                                sparse_peak, expert_bw, 3, True, m.num_experts, m.experts_per_token,
                                row_s=self._row_time(work * m.experts_per_token * mats * h * e_inter),
-                               ep=t if self.expert_parallel else 1))
+                               ep=self.ep_size))
             shared = m.shared_expert_intermediate_size or m.num_shared_experts * m.moe_intermediate_size
             if shared:
                 gemm("moe_shared_expert", moe_layers, h, mats * shared / t, kernels=2)
@@ -542,7 +548,18 @@ class CostModel(AttentionPricing, CollectivePricing):
             sparse = (m.total_params - m.embedding_params - head - m.norm_params
                       - m.num_moe_layers * m.router_params)
         dense = m.total_params - head - sparse
-        return (dense * wb + sparse * wb * self.sparse_weight_factor + head * head_wb) / self.tp
+        experts = 0.0
+        if self.expert_parallel and self.ep_size != self.tp:
+            # whole experts spread over ep_size GPUs instead of a 1/tp slice of each: count them apart
+            experts = m.num_moe_layers * m.num_experts * m.expert_params
+            if self.sparsity:
+                sparse -= experts
+            else:
+                dense -= experts
+            experts_bytes = experts * wb * (self.sparse_weight_factor if self.sparsity else 1.0) / self.ep_size
+        else:
+            experts_bytes = 0.0
+        return (dense * wb + sparse * wb * self.sparse_weight_factor + head * head_wb) / self.tp + experts_bytes
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:
@@ -564,10 +581,23 @@ class CostModel(AttentionPricing, CollectivePricing):
     # ----------------------------------------------------------------- pricing
     def _linear_time(self, tokens: int, sampled: int) -> float:
         """Time of every op but attention and engine overhead; cached (decode runs repeat shapes)."""
+        if self._dp_ranks > 1:
+            return self._group_linear_time(tokens, sampled, tokens * self._dp_ranks)
         key = (tokens, sampled)
         t = self._cache.get(key)
         if t is None:
             t = sum(self._op_cost(op, tokens, sampled).time_s for op in self._ops) + self._allreduce_time(tokens)
+            self._cache[key] = t
+        return t
+
+    def _group_linear_time(self, tokens: int, sampled: int, moe_tokens: int) -> float:
+        """`_linear_time` of one data-parallel rank whose expert layers (and their all-to-alls) run on the
+        `moe_tokens` tokens of every rank of its lockstep group."""
+        key = (tokens, sampled, moe_tokens)
+        t = self._cache.get(key)
+        if t is None:
+            t = sum(self._op_cost(op, moe_tokens if op.moe_experts else tokens, sampled).time_s for op in self._ops)
+            t += self._allreduce_time(tokens, moe_tokens)
             self._cache[key] = t
         return t
 
@@ -612,11 +642,16 @@ class CostModel(AttentionPricing, CollectivePricing):
                      row_s=self._row_time(k_in * n_out))
         return self._op_cost(op, rows, rows).time_s
 
-    def step_time(self, b: BatchShape) -> float:
-        """Seconds for one iteration of batch `b`, engine overhead included."""
+    def step_time(self, b: BatchShape, moe_tokens: int | None = None) -> float:
+        """Seconds for one iteration of batch `b`, engine overhead included. `moe_tokens`: the tokens the expert
+        layers run on when they span a lockstep data-parallel group (`sim.lockstep`); default the batch's own, or with
+        `ep_size` > tp that of every rank holding a batch like this one."""
         if b.tokens == 0:
             return 0.0
-        t = self._linear_time(b.tokens, b.sampled)
+        if moe_tokens is None or not self.expert_parallel:
+            t = self._linear_time(b.tokens, b.sampled)
+        else:
+            t = self._group_linear_time(b.tokens, b.sampled, moe_tokens)
         if b.prefill_seqs:
             t += self._prefill_attention(b)
         if b.decode_seqs:
@@ -660,7 +695,8 @@ class CostModel(AttentionPricing, CollectivePricing):
 
     def breakdown(self, b: BatchShape) -> list[OpCost]:
         """Per-op costs of one iteration (summed over layers), in execution order, for `estimate`."""
-        rows = [self._op_cost(op, b.tokens, b.sampled) for op in self._ops]
+        moe_rows = b.tokens * self._dp_ranks
+        rows = [self._op_cost(op, moe_rows if op.moe_experts else b.tokens, b.sampled) for op in self._ops]
         attn_rows = []
         if b.prefill_seqs:
             t, fl, by, bound = self._prefill_attention(b, detail=True)
@@ -669,14 +705,14 @@ class CostModel(AttentionPricing, CollectivePricing):
             t, fl, by, bound = self._decode_attention(b.decode_seqs, b.decode_ctx, detail=True)
             attn_rows.append(OpCost("attention_decode", t, fl, by, bound))
         out = rows[:1] + attn_rows + rows[1:]
-        if self._collective[3]:
+        if self._collective[3] or self.expert_parallel:
             msg = b.tokens * self.model.hidden_size * DTYPE_BYTES[self.act_dtype]
             if self.expert_parallel:
                 m = self.model
-                ep = m.num_moe_layers * 2 * self._ep_alltoall(b.tokens)
-                out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens) - ep, 0.0,
+                ep = m.num_moe_layers * 2 * self._ep_alltoall(moe_rows)
+                out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens, moe_rows) - ep, 0.0,
                                   (m.num_layers + m.num_dense_layers) * msg, "network"))
-                out.append(OpCost("ep_alltoall", ep, 0.0, m.num_moe_layers * 2 * msg * m.experts_per_token / self.tp,
+                out.append(OpCost("ep_alltoall", ep, 0.0, m.num_moe_layers * 2 * msg * m.experts_per_token / self.ep_size,
                                   "network"))
             else:
                 out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,

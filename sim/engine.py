@@ -195,7 +195,7 @@ class Replica:
 
     def __init__(self, env: simpy.Environment, index: int, cost: CostModel, kv: KVCacheManager,
                  engine: EngineConfig, scheduler, log: RequestLog, mode: str = "fast",
-                 policies: ReplicaPolicies | None = None) -> None:
+                 policies: ReplicaPolicies | None = None, own_loop: bool = True) -> None:
         self.env, self.index, self.cost, self.kv, self.engine = env, index, cost, kv, engine
         self.scheduler = scheduler
         self.log = log
@@ -220,7 +220,7 @@ class Replica:
         self.rejected: list[Request] = []   # refused by admission control (counted, never lost)
         # speculative decoding advances sequences by a sampled number of tokens per step, and a pipeline stage serves
         # the virtual engines' steps in the order they are planned: exact steps only
-        self.fast = mode == "fast" and self.spec is None and self.pipeline is None
+        self.fast = own_loop and mode == "fast" and self.spec is None and self.pipeline is None
         self._shape = getattr(scheduler, "shape", None)
         self._wake_at = getattr(scheduler, "wake_at", None)
         self.cohort_idle = False            # set by a scheduler for a step in which the cohort does not decode
@@ -249,7 +249,8 @@ class Replica:
         # (start, end, tokens, batch size) per step when the caller asks for it (timeline, Chrome trace);
         # None (the default) records nothing
         self.step_records: list | None = None
-        self.proc = env.process(self._loop())
+        # a rank of a lockstep group (sim.lockstep) is stepped by its group's process, not by a loop of its own
+        self.proc = env.process(self._loop()) if own_loop else None
 
     # ------------------------------------------------------------ arrivals and policy hooks
     def enqueue(self, req: Request) -> None:

@@ -78,7 +78,9 @@ def test_the_data_parallel_run_is_replayed_on_two_replicas_behind_a_least_loaded
     key = "32-mixtral-8x7b-tp2-general-2-2"
     assert key in V.dp_runs() and key in V.replay_keys()           # replayed by the report, not skipped
     cfg = V.config(V.run_row(key), "unused")
-    assert cfg["deployment"] == {"replicas": 2, "parallelism": {"tp": 2}} and "parallelism" not in cfg
+    # its EP=4 over both engines: experts over the 4 GPUs, the replicas in lockstep
+    assert cfg["deployment"] == {"replicas": 2, "parallelism": {"tp": 2, "ep": 4}} and "parallelism" not in cfg
+    assert V.config(V.run_row(key), "unused", wide_ep=False)["deployment"] == {"replicas": 2, "parallelism": {"tp": 2}}
     assert cfg["router"] == "least_outstanding_requests"
     res = V.replay(key, max_time=30.0)                              # 30 s of each stage: 840 requests
     counts = res["replica_requests"]

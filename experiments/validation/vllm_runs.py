@@ -180,17 +180,21 @@ def dp(r) -> int:
     return 1 if math.isnan(r.dp) else int(r.dp)
 
 
-def deployment_section(r) -> dict:
+def deployment_section(r, wide_ep: bool = True) -> dict:
     """`parallelism` for one engine; `deployment` + `router` for dp engines (see DP_ROUTER). A dp run with
-    expert parallelism shards vLLM's experts over all dp x tp GPUs; servesim's replicas are independent TP
-    groups, each holding half of every expert (`docs/VALIDATION.md` says what that changes)."""
+    expert parallelism shards vLLM's experts over all dp x tp GPUs: `ep = dp x tp`, replicas in lockstep
+    (`sim.lockstep`); `wide_ep=False` replays it as independent TP groups instead (each holding 1/tp of every
+    expert), the comparison docs/VALIDATION.md gives."""
     if dp(r) <= 1:
         return {"parallelism": {"tp": int(r.tp)}}
-    return {"deployment": {"replicas": dp(r), "parallelism": {"tp": int(r.tp)}}, "router": DP_ROUTER}
+    par = {"tp": int(r.tp)}
+    if wide_ep and bool(r.expert_parallel):
+        par["ep"] = dp(r) * int(r.tp)
+    return {"deployment": {"replicas": dp(r), "parallelism": par}, "router": DP_ROUTER}
 
 
-def config(r, tmp: str, async_scheduling: bool | None = None, seed: int = 0, **kw) -> dict:
-    return {"model": r.model_hf, "hardware": {"gpu": GPU[r.hardware]}, **deployment_section(r),
+def config(r, tmp: str, async_scheduling: bool | None = None, seed: int = 0, wide_ep: bool = True, **kw) -> dict:
+    return {"model": r.model_hf, "hardware": {"gpu": GPU[r.hardware]}, **deployment_section(r, wide_ep),
             "engine": engine_section(r, async_scheduling=async_scheduling), "scheduler": "vllm", "seed": seed,
             "sim": {"progress": False}, "workload": workload(r, tmp, **kw)}
 
@@ -391,9 +395,17 @@ def markdown(tables: dict[str, pd.DataFrame], dp_keys: list[str], wall: float) -
                   "router (vLLM sends a request to the engine with the lowest 4 x waiting + running; at normal load "
                   "nothing waits, and round_robin, power_of_two or random move the replay's means by under 1%). "
                   "check_calibration.py skips these runs, so its MAPE lines have one normal-load run fewer. "
-                  "Not modelled: the run's expert parallelism (EP over all dp x tp GPUs, so each GPU holds a "
-                  "quarter of the experts' weights, not a half as in a TP2 replica), its all-to-all dispatch and "
-                  "the DP engines' lockstep steps."]
+                  "Its expert parallelism over all dp x tp GPUs is replayed as such (`ep = dp x tp`: each GPU "
+                  "holds a quarter of the experts, the engines step in lockstep and the expert layers see both "
+                  "engines' tokens; docs/concepts/cluster.md). Not modelled: the engines' per-step coordination "
+                  "(they agree on a padded token count every step) and vLLM's default dispatch (all-gather / "
+                  "reduce-scatter of every token's hidden state); the steps come out short."]
+        sliced = tables.get("dp_sliced")
+        if sliced is not None and len(sliced):
+            lines += ["", "The same runs replayed as independent TP groups (`ep: tp`, each GPU holding half of "
+                      "every expert, no lockstep), for comparison:", "",
+                      "| run | load | TTFT mean | TTFT p90 | TTFT p99 | E2E mean | E2E p90 | E2E p99 | ITL mean |",
+                      "|---|---|---:|---:|---:|---:|---:|---:|---:|"] + _rows(sliced)
     header = ["| run | load | TTFT mean | TTFT p90 | TTFT p99 | E2E mean | E2E p90 | E2E p99 | ITL mean |",
               "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     lines += ["", "### Per run, as check_calibration.py replays them", ""] + header + _rows(plain)
@@ -489,6 +501,7 @@ def main(argv: list[str] | None = None) -> int:
         trace_keys = [k for k in keys if isinstance(run_row(k).requests_csv, str) and
                       output_miscount(run_row(k))["share_short"] > 0.05 and not run_row(k).overloaded]
         tables["corrected"] = error_table(_replay_set(trace_keys, a.jobs, corrected=True), corrected_itl_ref=True)
+        tables["dp_sliced"] = error_table(_replay_set(dp_runs(), a.jobs, wide_ep=False))
     wall = time.perf_counter() - t0
     for name, table in tables.items():
         print(f"--- {name}")

@@ -1,0 +1,160 @@
+"""Expert parallelism over data-parallel replicas (vLLM's --data-parallel-size with --enable-expert-parallel):
+the replicas keep their own queues, schedulers and KV caches, but step together, each step as long as the slowest
+replica's own part plus the expert layers over every replica's tokens."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import simpy
+from hypothesis import given, settings, strategies as st
+
+from experiments.runner import run
+from policies.batching import VLLMScheduler
+from sim.cost import BatchShape, CostModel
+from sim.engine import EngineConfig, Replica, RequestLog, drive_arrivals
+from sim.errors import ConfigError
+from sim.hardware import get_gpu
+from sim.kvcache import KVCacheManager
+from sim.lockstep import LockstepGroup
+from sim.models import get_model
+from workloads.base import RequestSpec
+
+A, B = 1e-3, 1e-5     # fake step: A + B x (tokens the expert layers see) + B x (the replica's own tokens)
+
+
+class MoECost:
+    """A step costs a fixed part, the replica's own tokens and the tokens of the whole group's expert layers."""
+
+    def step_time(self, shape, moe_tokens=None) -> float:
+        return A + B * (shape.tokens if moe_tokens is None else moe_tokens) + B * shape.tokens
+
+
+def group(ranks: int, specs_by_rank: dict[int, list[RequestSpec]], async_scheduling: bool = False):
+    env = simpy.Environment()
+    log = RequestLog()
+    engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=4096, enable_prefix_caching=False,
+                          max_model_len=100_000, async_scheduling=async_scheduling)
+    reps = [Replica(env, i, MoECost(), KVCacheManager(num_blocks=64, block_size=16, enable_prefix_caching=False),
+                    engine, VLLMScheduler(), log, own_loop=False) for i in range(ranks)]
+    for rep in reps:
+        rep.step_records = []
+    lock = LockstepGroup(env, reps)
+    for i, specs in specs_by_rank.items():
+        env.process(drive_arrivals(env, iter(specs), reps[i].enqueue))
+    env.run()
+    return reps, lock, log
+
+
+def test_replicas_step_together_and_the_experts_see_every_replicas_tokens():
+    # two replicas, one 16-token prompt each at t=0, 3 output tokens: the prefill step sees 32 expert tokens,
+    # the two decode steps 2 each
+    reps, lock, log = group(2, {0: [RequestSpec(0, 0.0, 16, 3)], 1: [RequestSpec(1, 0.0, 16, 3)]})
+    ends = [[end for _, end, _, _ in r.step_records] for r in reps]
+    assert ends[0] == ends[1]
+    prefill, decode = A + B * 32 + B * 16, A + B * 2 + B * 1
+    assert ends[0] == pytest.approx([prefill, prefill + decode, prefill + 2 * decode], rel=1e-12)
+    assert lock.steps == 3
+
+
+def test_the_slowest_replica_sets_every_replicas_step():
+    # replica 0 decodes a long request; replica 1 gets a 1000-token prompt at 5.5 ms (during a step): that
+    # step ends as usual, the next one carries the prefill and lasts for both replicas
+    decode = A + B * 1 + B * 1
+    reps, _, log = group(2, {0: [RequestSpec(0, 0.0, 16, 40)], 1: [RequestSpec(1, 5.5e-3, 1000, 2)]})
+    steps = reps[0].step_records
+    lengths = [end - start for start, end, _, _ in steps]
+    joined = next(i for i, (start, _, _, _) in enumerate(steps) if start >= 5.5e-3)
+    assert lengths[joined] == pytest.approx(A + B * 1001 + B * 1000, rel=1e-9)       # replica 1's prefill step
+    assert all(x == pytest.approx(decode, rel=1e-9) for x in lengths[1:joined])
+    first = dict(zip(log.arrays()["request_id"].tolist(), log.arrays()["first_scheduled_s"].tolist()))
+    assert first[1] == pytest.approx(steps[joined][0])                                 # joined at a boundary
+    assert steps[joined - 1][1] == pytest.approx(steps[joined][0])
+
+
+def test_an_idle_replica_adds_nothing_and_wakes_the_group():
+    # only replica 1 ever gets work: the group runs its steps with its own tokens alone
+    reps, lock, log = group(2, {1: [RequestSpec(0, 0.25, 16, 2)]})
+    assert reps[0].step_records == [] and len(reps[1].step_records) == 2
+    start, end, _, _ = reps[1].step_records[0]
+    assert start == pytest.approx(0.25) and end - start == pytest.approx(A + B * 16 + B * 16)
+
+
+@settings(max_examples=25, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.floats(0.0, 0.2), st.integers(1, 300), st.integers(1, 40)),
+                min_size=1, max_size=30),
+       st.booleans())
+def test_no_request_lost_tokens_conserved_no_block_leaked(reqs, async_scheduling):
+    by_rank: dict[int, list[RequestSpec]] = {}
+    for i, (rank, t, prompt, out) in enumerate(sorted(reqs, key=lambda r: r[1])):
+        by_rank.setdefault(rank, []).append(RequestSpec(i, t, prompt, out))
+    reps, _, log = group(3, by_rank, async_scheduling)
+    cols = log.arrays()
+    assert sorted(cols["request_id"].tolist()) == list(range(len(reqs)))
+    asked = {i: out for i, (_, _, _, out) in enumerate(sorted(reqs, key=lambda r: r[1]))}
+    assert {int(k): int(v) for k, v in zip(cols["request_id"], cols["output_tokens"])} == asked
+    assert all(r.kv.num_used_blocks == 0 for r in reps)
+    for r in reps:                                                    # time moves forward on every replica
+        ends = [end for _, end, _, _ in r.step_records]
+        assert ends == sorted(ends)
+
+
+def wide(tp: int = 2, ranks: int = 2) -> CostModel:
+    return CostModel(get_model("mixtral-8x7b"), get_gpu("h100"), tp=tp, expert_parallel=True, ep_size=tp * ranks)
+
+
+def test_experts_over_the_group_hold_a_share_of_the_expert_weights():
+    m = get_model("mixtral-8x7b")
+    experts = m.num_moe_layers * m.num_experts * m.expert_params * 2.0          # bf16
+    inside = CostModel(m, get_gpu("h100"), tp=2, expert_parallel=True)         # ep = tp = 2
+    assert inside.weight_bytes_per_gpu - wide().weight_bytes_per_gpu == pytest.approx(experts / 2 - experts / 4)
+
+
+def test_a_balanced_group_is_the_default_and_more_expert_tokens_cost_more():
+    c = wide()
+    shape = BatchShape.decode(32, 1000)
+    assert c.step_time(shape) == c.step_time(shape, moe_tokens=64)       # every replica with a batch like this
+    times = [c.step_time(shape, moe_tokens=n) for n in (32, 64, 128, 512)]
+    assert times == sorted(times) and times[0] < times[-1]
+    # ep = tp: the experts see the replica's own tokens unless told otherwise
+    inside = CostModel(get_model("mixtral-8x7b"), get_gpu("h100"), tp=2, expert_parallel=True)
+    assert inside.step_time(shape, moe_tokens=32) == inside.step_time(shape) < inside.step_time(shape, moe_tokens=99)
+
+
+def test_tp1_replicas_pay_only_the_experts_all_to_alls():
+    c = CostModel(get_model("mixtral-8x7b"), get_gpu("h100"), tp=1, expert_parallel=True, ep_size=4)
+    rows = {r.name: r.time_s for r in c.breakdown(BatchShape.decode(8, 1000))}
+    assert rows["ep_alltoall"] > 0 and "tp_allreduce" not in rows
+
+
+def deployment_config(ep: int, replicas: int = 2, **extra) -> dict:
+    return {"model": "mixtral-8x7b", "hardware": {"gpu": "h100-sxm-80gb"},
+            "deployment": {"replicas": replicas, "parallelism": {"tp": 2, "ep": ep}},
+            "router": "least_outstanding_requests",
+            "engine": {"max_num_seqs": 64, "max_num_batched_tokens": 2048, "max_model_len": 4096},
+            "workload": {"type": "poisson", "stages": [{"rate": 6.0, "duration_s": 40}],
+                         "input_len": {"dist": "fixed", "value": 600}, "output_len": {"dist": "fixed", "value": 100}},
+            "sim": {"progress": False, "record_steps": True}, "seed": 3, **extra}
+
+
+def test_a_wide_ep_deployment_runs_in_lockstep_and_beats_experts_inside_each_replica():
+    wide_run, inside = run(deployment_config(ep=4)), run(deployment_config(ep=2))
+    for r in (wide_run, inside):
+        assert r.summary["requests"]["completed"] == r.summary["requests"]["total"] > 200
+    steps = wide_run.steps
+    ends = [set(steps[steps.replica == i].end_s.round(12)) for i in (0, 1)]
+    both = ends[0] & ends[1]
+    assert len(both) > 0.5 * min(len(e) for e in ends)          # busy together: the same step boundaries
+    # half the experts per GPU: shorter decode steps and room for more KV blocks
+    assert wide_run.summary["itl_s"]["mean"] < 0.85 * inside.summary["itl_s"]["mean"]
+    assert wide_run.summary["memory"]["num_blocks"] > inside.summary["memory"]["num_blocks"]
+
+
+@pytest.mark.parametrize("ep, replicas, extra, fix", [
+    (8, 2, {}, "use ep: 4"),
+    (4, 1, {}, "use ep: 2"),
+    (3, 2, {}, "use ep: 4"),
+    (4, 2, {"speculative": {"method": "ngram", "k": 3}}, "speculative"),
+])
+def test_impossible_wide_ep_is_refused_with_the_fix(ep, replicas, extra, fix):
+    with pytest.raises(ConfigError, match=fix):
+        run(deployment_config(ep=ep, replicas=replicas, **extra))
