@@ -554,4 +554,7 @@ def _check_wide_ep(cfg: RunConfig, pool: str, replicas: int, tp: int, pp: int, p
         raise ConfigError("parallelism.ep over data-parallel replicas with pp or sp is not modelled; use pp: 1 and sp: 1")
     if cfg.speculative is not None:
         raise ConfigError("parallelism.ep over data-parallel replicas with speculative decoding is not modelled; "
-                          "remove speculative or use ep <= tp")
+                          f"remove speculative or use ep: {tp}")
+    if cfg.offload is not None or cfg.powerinfer is not None:
+        raise ConfigError("parallelism.ep over data-parallel replicas with offload / powerinfer is not modelled; "
+                          f"remove them or use ep: {tp}")

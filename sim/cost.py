@@ -712,8 +712,9 @@ class CostModel(AttentionPricing, CollectivePricing):
                 ep = m.num_moe_layers * 2 * self._ep_alltoall(moe_rows)
                 out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens, moe_rows) - ep, 0.0,
                                   (m.num_layers + m.num_dense_layers) * msg, "network"))
-                out.append(OpCost("ep_alltoall", ep, 0.0, m.num_moe_layers * 2 * msg * m.experts_per_token / self.ep_size,
-                                  "network"))
+                moe_msg = moe_rows * m.hidden_size * DTYPE_BYTES[self.act_dtype]
+                out.append(OpCost("ep_alltoall", ep, 0.0,
+                                  m.num_moe_layers * 2 * moe_msg * m.experts_per_token / self.ep_size, "network"))
             else:
                 out.append(OpCost("tp_allreduce", self._allreduce_time(b.tokens), 0.0,
                                   2 * self.model.num_layers * msg, "network"))

@@ -39,8 +39,8 @@ class LockstepGroup:
         wake = env.event()
         for r in self.ranks:
             r._wake = wake                 # Replica.enqueue triggers it
-        times = [t for t in (r._wake_at(r) for r in self.ranks if r._wake_at is not None) if t is not None]
-        wake_at = min(times, default=None)
+        times = (r._wake_at(r) for r in self.ranks if r._wake_at is not None)
+        wake_at = min((t for t in times if t is not None and t > env.now), default=None)
         if wake_at is not None and wake_at > env.now:
             yield wake | env.timeout(wake_at - env.now)
         else:
@@ -63,6 +63,11 @@ class LockstepGroup:
                 if r.waiting or r.running or r.swapped:
                     r._order_waiting()
                     batch = r.scheduler.schedule(r)
+                    if not batch and r.waiting and r.waiting[0].enqueued > r.visible_until:
+                        # as Replica._idle: an engine left empty plans again at once and sees what async
+                        # scheduling's lag hid
+                        r.visible_until = float("inf")
+                        batch = r.scheduler.schedule(r)
                 plans.append(batch)
             if not any(plans):
                 # as Replica._idle: requests hidden only by async scheduling's lag are planned at once
@@ -72,9 +77,9 @@ class LockstepGroup:
                     continue
                 yield from self._sleep()
                 continue
-            for r in ranks:
-                if r._copies_pending():
-                    yield from r._flush_copies()
+            copies = [env.process(r._flush_copies()) for r in ranks if r._copies_pending()]
+            if copies:
+                yield env.all_of(copies)              # each replica's copies run on its own paths, side by side
             start = max(self.clock, env.now)
             shapes = [(r, batch, r._shape(r, batch) if r._shape is not None else _shape_of(batch))
                       for r, batch in zip(ranks, plans) if batch]
@@ -87,6 +92,8 @@ class LockstepGroup:
             for r, batch in zip(ranks, plans):
                 dt = end - r.clock
                 r.clock = end
-                r.visible_until = start if r.engine.async_scheduling else end
+                # async scheduling planned the next step of a working replica when this one started; an idle
+                # replica (a dummy batch) picks up what arrived meanwhile at the next step
+                r.visible_until = start if (r.engine.async_scheduling and batch) else end
                 if batch:
                     r._finish_step(batch, dt, end)

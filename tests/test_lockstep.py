@@ -71,6 +71,17 @@ def test_the_slowest_replica_sets_every_replicas_step():
     assert steps[joined - 1][1] == pytest.approx(steps[joined][0])
 
 
+def test_with_async_scheduling_an_idle_replica_takes_a_request_at_the_next_step():
+    # replica 0 decodes; a request reaches idle replica 1 during a step: no plan of replica 1 was in flight, so
+    # it runs in the very next step, as a lone engine that was idle would take it at once
+    reps, _, log = group(2, {0: [RequestSpec(0, 0.0, 16, 40)], 1: [RequestSpec(1, 5.5e-3, 16, 2)]},
+                         async_scheduling=True)
+    steps = reps[0].step_records
+    first = dict(zip(log.arrays()["request_id"].tolist(), log.arrays()["first_scheduled_s"].tolist()))
+    boundary = min(end for _, end, _, _ in steps if end > 5.5e-3)
+    assert first[1] == pytest.approx(boundary)
+
+
 def test_an_idle_replica_adds_nothing_and_wakes_the_group():
     # only replica 1 ever gets work: the group runs its steps with its own tokens alone
     reps, lock, log = group(2, {1: [RequestSpec(0, 0.25, 16, 2)]})
@@ -120,6 +131,19 @@ def test_a_balanced_group_is_the_default_and_more_expert_tokens_cost_more():
     assert inside.step_time(shape, moe_tokens=32) == inside.step_time(shape) < inside.step_time(shape, moe_tokens=99)
 
 
+def test_the_expert_layers_and_their_all_to_alls_see_the_groups_tokens():
+    # a replica of a 2-replica group with 32 tokens: its expert GEMMs and all-to-alls are those of the group's 64
+    c, m = wide(), get_model("mixtral-8x7b")
+    rows = {r.name: r.time_s for r in c.breakdown(BatchShape.decode(32, 1000))}
+    alone = CostModel(m, get_gpu("h100"), tp=4, expert_parallel=True)       # the same 4 GPUs' experts, one replica
+    ref = {r.name: r.time_s for r in alone.breakdown(BatchShape.decode(64, 1000))}
+    assert rows["moe_experts"] == pytest.approx(ref["moe_experts"], rel=1e-12)
+    assert rows["ep_alltoall"] == pytest.approx(ref["ep_alltoall"], rel=1e-12)
+    assert rows["ep_alltoall"] == pytest.approx(m.num_moe_layers * 2 * c._ep_alltoall(64), rel=1e-12)
+    # and the step the engine prices is the sum of those rows
+    assert c.step_time(BatchShape.decode(32, 1000), moe_tokens=64) == pytest.approx(sum(rows.values()), rel=1e-12)
+
+
 def test_tp1_replicas_pay_only_the_experts_all_to_alls():
     c = CostModel(get_model("mixtral-8x7b"), get_gpu("h100"), tp=1, expert_parallel=True, ep_size=4)
     rows = {r.name: r.time_s for r in c.breakdown(BatchShape.decode(8, 1000))}
@@ -154,7 +178,22 @@ def test_a_wide_ep_deployment_runs_in_lockstep_and_beats_experts_inside_each_rep
     (4, 1, {}, "use ep: 2"),
     (3, 2, {}, "use ep: 4"),
     (4, 2, {"speculative": {"method": "ngram", "k": 3}}, "speculative"),
+    (4, 2, {"offload": {"weights_gpu": 0.5, "weights_cpu": 0.5}}, "offload"),
+    (4, 2, {"autoscaling": {"min_replicas": 1, "max_replicas": 2}}, "autoscaling"),
 ])
 def test_impossible_wide_ep_is_refused_with_the_fix(ep, replicas, extra, fix):
     with pytest.raises(ConfigError, match=fix):
         run(deployment_config(ep=ep, replicas=replicas, **extra))
+
+
+def test_wide_ep_with_pp_or_in_disaggregated_pools_is_refused():
+    cfg = deployment_config(ep=4)
+    cfg["deployment"]["parallelism"]["pp"] = 2
+    with pytest.raises(ConfigError, match="pp"):
+        run(cfg)
+    pools = deployment_config(ep=4)
+    del pools["deployment"]
+    pools["pools"] = {"prefill": {"replicas": 1, "parallelism": {"tp": 2}},
+                      "decode": {"replicas": 2, "parallelism": {"tp": 2, "ep": 4}}}
+    with pytest.raises(ConfigError, match="use ep: 2"):
+        run(pools)
