@@ -195,3 +195,27 @@ def test_prefix_caching_study_sweep_file_is_valid():
     for point in points:
         cfg, _ = resolve_point(base, point)
         assert cfg.workload.type == "sessions"
+
+
+def test_moe_layout_study_resolves_every_layout_and_builds_its_deployment():
+    import numpy as np
+    import simpy
+
+    from experiments.deployment import Deployment
+    from sim.engine import RequestLog
+
+    spec, base, _ = load_sweep(ROOT / "experiments" / "examples" / "moe_dp_ep.yaml")
+    points = expand(spec)
+    assert len(points) == 5 * 11
+    layouts = set()
+    for point in points:
+        cfg, _ = resolve_point(base, point)
+        par = cfg.deployment.parallelism
+        layouts.add((cfg.deployment.replicas, par.tp, par.ep))
+    assert layouts == {(1, 8, 1), (1, 8, 8), (4, 2, 1), (4, 2, 8), (8, 1, 8)}
+    for replicas, tp, ep in layouts:                  # every layout fits the node, wide EP ones in lockstep
+        cfg, _ = resolve_point(base, {"deployment.replicas": replicas, "deployment.parallelism.tp": tp,
+                                      "deployment.parallelism.ep": ep})
+        dep = Deployment(cfg, simpy.Environment(), np.random.SeedSequence(0), RequestLog())
+        assert len(dep.replicas) == replicas
+        assert (dep.lockstep is not None) == (ep > tp)
