@@ -179,7 +179,7 @@ class Deployment:
                     replicas.append(rep)
                     self.replicas.append(rep)
             if lockstep:
-                self.lockstep = LockstepGroup(env, replicas)
+                self.lockstep = LockstepGroup(env, replicas, fast=mode == "fast")
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
             if len(replicas) > 1 and getattr(registry.get("router", router_name), "reads_kv", False):

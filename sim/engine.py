@@ -769,6 +769,14 @@ class Replica:
                 done = min(j + self._lag, k)
                 yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
+        self._commit_run(done, ends, times, clock)
+
+    def _commit_run(self, done: int, ends: list, times: list, clock: float) -> None:
+        """Apply the first `done` steps of a priced cohort run that started at `clock` (step lengths `times`, end
+        times `ends`): blocks at the members' boundaries, counters, step aggregates and inter-token gaps, finished
+        requests. Shared by the replica's own runs and a lockstep group's (sim.lockstep)."""
+        cohort = self.cohort
+        seqs = cohort.size
         kv = self.kv
         due = cohort.pop_due_blocks(cohort.tick + done)
         if due:

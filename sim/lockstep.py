@@ -7,28 +7,40 @@ nothing to do runs a dummy batch to keep the collectives matched. One step of th
 its slowest rank's own part (attention, dense layers, TP all-reduces, host) plus the expert layers over the tokens
 of every rank: `max over ranks of CostModel.step_time(shape, moe_tokens=total)`.
 
-The group runs one process for all its ranks, one event per step (no fast-forward: a step's length depends on
-every rank's batch, and a rank's batch change ends a run for all of them). A dummy batch's own part (one token)
-is far below a working rank's, so idle ranks only add their share of the tokens: none.
+The group runs one process for all its ranks: one event per step, or, when every working rank is in steady decode
+(the same test a lone replica uses), one event per run of steps priced at once (`fast`), cut by an arrival exactly
+where the per-step loop would have taken it in: a replica with work sees it two steps later under async scheduling
+(one without), an idle one at the next step. The runs use each replica's decode cohort, rebuilt for the run and
+written back after it. A dummy batch's own part (one token) is far below a working rank's, so idle ranks only add
+their share of the tokens: none.
 """
 from __future__ import annotations
 
+from bisect import bisect_left
+
 import simpy
 
-from .engine import Replica, _shape_of
+from .cohort import DecodeCohort
+from .engine import RUN_CHUNK, Replica, _shape_of
 
 
 class LockstepGroup:
     """Steps `ranks` (Replicas built with `own_loop=False` and cost models with `ep_size` = their GPUs together)
     in lockstep; each keeps its own waiting queue, scheduler, KV cache and request records."""
 
-    def __init__(self, env: simpy.Environment, ranks: list[Replica]) -> None:
+    def __init__(self, env: simpy.Environment, ranks: list[Replica], fast: bool = True) -> None:
         if not ranks or any(r.proc is not None for r in ranks):
             raise ValueError("a lockstep group needs ranks built with own_loop=False")
         self.env, self.ranks = env, list(ranks)
         self.clock = 0.0
         self.steps = 0                    # group steps (each rank counts the steps it had work in)
+        self.fast = fast
+        if fast:
+            for r in self.ranks:
+                r.cohort = DecodeCohort(r.engine.block_size)
         self.proc = env.process(self._loop())
+        for r in self.ranks:
+            r.proc = self.proc            # an arrival during a run interrupts the group (Replica.enqueue)
 
     def _busy(self) -> bool:
         return any(r.waiting or r.running or r.swapped for r in self.ranks)
@@ -50,6 +62,91 @@ class LockstepGroup:
             r.clock = self.clock
             r.visible_until = float("inf")
 
+    def _steady(self) -> list[Replica] | None:
+        """The working ranks when every one of them would decode its running set for the next steps; else None."""
+        busy = []
+        for r in self.ranks:
+            if r.waiting or r.running or r.swapped:
+                if (not r.running or not r.scheduler.steady(r) or r.extra_step_s or r._copies_pending()
+                        or r.spec is not None or r.pipeline is not None):
+                    return None
+                busy.append(r)
+        return busy or None
+
+    def _run(self, busy: list[Replica]):
+        """Up to k steady decode steps of every working rank at once (k: the first finish or KV-block shortage of any
+        of them). Returns the steps run (0: none possible, nothing changed)."""
+        env = self.env
+        for r in busy:
+            r._rebuild_cohort()
+        k = min(r._cohort_run_length() for r in busy)
+        if k < 1:
+            for r in busy:
+                self._leave(r)
+            return 0
+        members = [(r, r.cohort.size, r.cohort.ctx) for r in busy]
+        moe_tokens = sum(size for _, size, _ in members)
+        clock = self.clock
+        times: list[float] = []
+        ends: list[float] = []
+
+        def price(upto: int) -> None:
+            # each step exactly as the per-step loop prices it: the slowest rank's decode with the group's tokens
+            t = ends[-1] if ends else clock
+            for i in range(len(ends), upto):
+                x = max(r.cost.step_time(_shape_of((), size, ctx + size * i), moe_tokens) for r, size, ctx in members)
+                t = t + x
+                times.append(x)
+                ends.append(t)
+
+        lag = busy[0]._lag
+        working = set(map(id, busy))
+        target = k
+        for r in self.ranks:
+            r._run_ends = ends
+        while True:
+            if len(ends) < target:
+                price(min(target, max(RUN_CHUNK, 2 * len(ends))))
+            upto = min(target, len(ends))
+            try:
+                yield env.timeout(ends[upto - 1] - env.now)
+            except simpy.Interrupt:
+                # the step in progress ends as planned; a working rank's plan for the next one is made already
+                # under async scheduling, an idle rank takes the request at the next step
+                receivers = [r for r in self.ranks if r._run_ends is None]
+                for r in receivers:
+                    r._run_ends = ends
+                step = bisect_left(ends, env.now)
+                cut = step + (lag if any(id(r) in working for r in receivers) else 1)
+                target = min(target, max(cut, step + 1))
+                if target > len(ends):
+                    price(target)
+                continue
+            if upto >= target:
+                break
+        for r in self.ranks:
+            r._run_ends = None
+        done = target
+        end = ends[done - 1]
+        for r in busy:
+            r._commit_run(done, ends, times, clock)
+            self._leave(r)
+        for r in self.ranks:
+            if id(r) not in working:
+                r.clock = end
+                r.visible_until = end
+        self.clock = end
+        self.steps += done
+        return done
+
+    @staticmethod
+    def _leave(r: Replica) -> None:
+        """Write a rank's cohort back into its requests: the per-step loop works on materialised requests."""
+        if r._live:
+            r.cohort.clear(r.running)
+            r.explicit = []
+            r._live = False
+
     def _loop(self):
         env = self.env
         ranks = self.ranks
@@ -57,6 +154,12 @@ class LockstepGroup:
             if not self._busy():
                 yield from self._sleep()
                 continue
+            if self.fast:
+                busy = self._steady()
+                if busy is not None:
+                    ran = yield from self._run(busy)
+                    if ran:
+                        continue
             plans = []
             for r in ranks:
                 batch = []

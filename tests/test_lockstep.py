@@ -29,19 +29,23 @@ class MoECost:
         return A + B * (shape.tokens if moe_tokens is None else moe_tokens) + B * shape.tokens
 
 
-def group(ranks: int, specs_by_rank: dict[int, list[RequestSpec]], async_scheduling: bool = False):
+def group(ranks: int, specs_by_rank: dict[int, list[RequestSpec]], async_scheduling: bool = False,
+          fast: bool = True, blocks: int = 64):
     env = simpy.Environment()
     log = RequestLog()
     engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=4096, enable_prefix_caching=False,
                           max_model_len=100_000, async_scheduling=async_scheduling)
-    reps = [Replica(env, i, MoECost(), KVCacheManager(num_blocks=64, block_size=16, enable_prefix_caching=False),
+    reps = [Replica(env, i, MoECost(), KVCacheManager(num_blocks=blocks, block_size=16, enable_prefix_caching=False),
                     engine, VLLMScheduler(), log, own_loop=False) for i in range(ranks)]
     for rep in reps:
         rep.step_records = []
-    lock = LockstepGroup(env, reps)
+    lock = LockstepGroup(env, reps, fast=fast)
     for i, specs in specs_by_rank.items():
         env.process(drive_arrivals(env, iter(specs), reps[i].enqueue))
-    env.run()
+    lock.events = 0
+    while env.peek() < float("inf"):
+        env.step()
+        lock.events += 1
     return reps, lock, log
 
 
@@ -107,6 +111,47 @@ def test_no_request_lost_tokens_conserved_no_block_leaked(reqs, async_scheduling
     for r in reps:                                                    # time moves forward on every replica
         ends = [end for _, end, _, _ in r.step_records]
         assert ends == sorted(ends)
+
+
+COLUMNS = RequestLog.COLUMNS
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.integers(0, 2), st.floats(0.0, 0.3), st.integers(1, 200), st.integers(1, 60)),
+                min_size=1, max_size=25),
+       st.booleans(), st.sampled_from([12, 64]))
+def test_fast_forward_runs_give_the_per_step_loops_timestamps(reqs, async_scheduling, blocks):
+    # runs of steady decode priced at once, cut by arrivals at working and idle ranks, against one event per step;
+    # 12 blocks per rank make preemptions and block-boundary cuts common
+    by_rank: dict[int, list[RequestSpec]] = {}
+    for i, (rank, t, prompt, out) in enumerate(sorted(reqs, key=lambda r: r[1])):
+        by_rank.setdefault(rank, []).append(RequestSpec(i, t, min(prompt, 150), out))
+    results = []
+    for fast in (True, False):
+        reps, lock, log = group(3, by_rank, async_scheduling, fast=fast, blocks=blocks)
+        cols = log.arrays()
+        order = np.argsort(cols["request_id"])
+        results.append(({c: [None if v != v else v for v in cols[c][order].tolist()] for c in COLUMNS},
+                         [(r.steps.iterations, r.steps.tokens, r.steps.batch_sum) for r in reps],
+                         [sorted(zip(r.steps.itl, r.steps.itl_weight)) for r in reps], lock.clock))
+    (fast_cols, fast_steps, fast_itl, fast_end), (slow_cols, slow_steps, slow_itl, slow_end) = results
+    assert fast_cols == slow_cols
+    assert fast_steps == slow_steps and fast_end == slow_end
+    for a, b in zip(fast_itl, slow_itl):                    # the same gaps, merged per step or not
+        assert sum(w for _, w in a) == sum(w for _, w in b)
+        assert sum(g * w for g, w in a) == pytest.approx(sum(g * w for g, w in b), rel=1e-12)
+
+
+def test_a_steady_group_takes_far_fewer_events_than_steps():
+    specs = {i: [RequestSpec(i, 0.0, 16, 500)] for i in range(2)}
+    env_steps = []
+    events = []
+    for fast in (True, False):
+        reps, lock, _ = group(2, specs, fast=fast, blocks=256)
+        env_steps.append(lock.steps)
+        events.append(lock.events)
+    assert env_steps[0] == env_steps[1] == 500
+    assert events[1] >= 500 and events[0] < 60          # a few dozen runs (block boundaries cut them) vs 500
 
 
 def wide(tp: int = 2, ranks: int = 2) -> CostModel:
@@ -197,3 +242,13 @@ def test_wide_ep_with_pp_or_in_disaggregated_pools_is_refused():
                       "decode": {"replicas": 2, "parallelism": {"tp": 2, "ep": 4}}}
     with pytest.raises(ConfigError, match="use ep: 2"):
         run(pools)
+
+
+def test_a_wide_ep_deployment_gives_the_same_requests_with_and_without_fast_forward():
+    fast = run(deployment_config(ep=4))
+    slow = run(deployment_config(ep=4, **{}) | {"sim": {"progress": False, "mode": "iteration"}})
+    cols = ["request_id", "replica", "first_scheduled_s", "first_token_s", "finish_s", "output_tokens"]
+    a = fast.requests[cols].sort_values("request_id").reset_index(drop=True)
+    b = slow.requests[cols].sort_values("request_id").reset_index(drop=True)
+    assert a.equals(b)
+    assert fast.summary["sim"]["iterations"] == slow.summary["sim"]["iterations"]
