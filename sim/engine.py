@@ -682,15 +682,18 @@ class Replica:
             k_kv = (self.kv.num_free_blocks // cohort.size) * self.engine.block_size + cohort.min_slack()
         return min(cohort.steps_to_finish(), k_kv, MAX_RUN_STEPS)
 
+    def _cohort_decoders(self) -> tuple[int, bool]:
+        """(cohort members decoding in the step being planned, whether the cohort sits out): all of them, or none on
+        a prefill-only step (vllm-v0, where the scheduler sets `cohort_idle`); consumes the flag."""
+        if self.cohort_idle:
+            self.cohort_idle = False
+            return 0, True
+        return self.cohort.size, False
+
     def _cohort_step(self, batch):
         """One iteration: the cohort decodes one token each; `batch` holds everyone else's work."""
         cohort = self.cohort
-        idle = self.cohort_idle        # a prefill-only step (vllm-v0): the cohort waits
-        if idle:
-            self.cohort_idle = False
-            seqs = 0
-        else:
-            seqs = cohort.size
+        seqs, idle = self._cohort_decoders()
         prev = start = self.clock
         if self._copier and self._copies_pending():
             yield from self._flush_copies()
@@ -701,7 +704,13 @@ class Replica:
         else:
             end = start + self.cost.step_time(_shape_of(batch, seqs, cohort.ctx if seqs else 0))
         yield self.env.timeout(end - self.env.now)
-        dt = end - prev
+        self._finish_cohort_step(batch, seqs, idle, end - prev, start, end)
+
+    def _finish_cohort_step(self, batch, seqs: int, idle: bool, dt: float, start: float, end: float) -> None:
+        """Apply a finished cohort-mode step (`seqs` cohort decoders, none when the cohort sat it out; `batch`
+        everyone else's work) that ran from `start` to `end`. Shared by the replica's own loop and a lockstep
+        group's (sim.lockstep)."""
+        cohort = self.cohort
         self.clock = end
         self.visible_until = start if self.engine.async_scheduling else end
         if not idle:

@@ -78,11 +78,10 @@ class LockstepGroup:
         of them). Returns the steps run (0: none possible, nothing changed)."""
         env = self.env
         for r in busy:
-            r._rebuild_cohort()
+            if not r._live:
+                r._rebuild_cohort()
         k = min(r._cohort_run_length() for r in busy)
         if k < 1:
-            for r in busy:
-                self._leave(r)
             return 0
         members = [(r, r.cohort.size, r.cohort.ctx) for r in busy]
         moe_tokens = sum(size for _, size, _ in members)
@@ -90,11 +89,13 @@ class LockstepGroup:
         times: list[float] = []
         ends: list[float] = []
 
+        pricers = [_decode_pricer(r.cost, size, ctx, moe_tokens) for r, size, ctx in members]
+
         def price(upto: int) -> None:
             # each step exactly as the per-step loop prices it: the slowest rank's decode with the group's tokens
             t = ends[-1] if ends else clock
             for i in range(len(ends), upto):
-                x = max(r.cost.step_time(_shape_of((), size, ctx + size * i), moe_tokens) for r, size, ctx in members)
+                x = max(p(i) for p in pricers)
                 t = t + x
                 times.append(x)
                 ends.append(t)
@@ -130,7 +131,8 @@ class LockstepGroup:
         end = ends[done - 1]
         for r in busy:
             r._commit_run(done, ends, times, clock)
-            self._leave(r)
+            if r._schedule_cohort is None:
+                self._leave(r)       # a scheduler that cannot plan against the cohort works on materialised requests
         for r in self.ranks:
             if id(r) not in working:
                 r.clock = end
@@ -160,19 +162,8 @@ class LockstepGroup:
                     ran = yield from self._run(busy)
                     if ran:
                         continue
-            plans = []
-            for r in ranks:
-                batch = []
-                if r.waiting or r.running or r.swapped:
-                    r._order_waiting()
-                    batch = r.scheduler.schedule(r)
-                    if not batch and r.waiting and r.waiting[0].enqueued > r.visible_until:
-                        # as Replica._idle: an engine left empty plans again at once and sees what async
-                        # scheduling's lag hid
-                        r.visible_until = float("inf")
-                        batch = r.scheduler.schedule(r)
-                plans.append(batch)
-            if not any(plans):
+            plans = [self._plan(r) for r in ranks]
+            if not any(p is not None for p in plans):
                 # as Replica._idle: requests hidden only by async scheduling's lag are planned at once
                 if any(r.waiting and r.waiting[0].enqueued > r.visible_until for r in ranks):
                     for r in ranks:
@@ -184,19 +175,74 @@ class LockstepGroup:
             if copies:
                 yield env.all_of(copies)              # each replica's copies run on its own paths, side by side
             start = max(self.clock, env.now)
-            shapes = [(r, batch, r._shape(r, batch) if r._shape is not None else _shape_of(batch))
-                      for r, batch in zip(ranks, plans) if batch]
-            moe_tokens = sum(shape.tokens for _, _, shape in shapes)
-            work = max(r.cost.step_time(shape, moe_tokens) + r._take_extra() for r, _, shape in shapes)
+            shapes = [(r, plan[2]) for r, plan in zip(ranks, plans) if plan is not None]
+            moe_tokens = sum(shape.tokens for _, shape in shapes)
+            work = max(r.cost.step_time(shape, moe_tokens) + r._take_extra() for r, shape in shapes)
             end = start + work
             yield env.timeout(end - env.now)
             self.clock = end
             self.steps += 1
-            for r, batch in zip(ranks, plans):
+            for r, plan in zip(ranks, plans):
                 dt = end - r.clock
+                if plan is None:
+                    # an idle replica (a dummy batch) picks up what arrived meanwhile at the next step
+                    r.clock = end
+                    r.visible_until = end
+                    continue
+                batch, cohort, _, seqs, idle = plan
+                if cohort:
+                    r._finish_cohort_step(batch, seqs, idle, dt, start, end)
+                    continue
                 r.clock = end
-                # async scheduling planned the next step of a working replica when this one started; an idle
-                # replica (a dummy batch) picks up what arrived meanwhile at the next step
-                r.visible_until = start if (r.engine.async_scheduling and batch) else end
+                # async scheduling planned the next step of a working replica when this one started
+                r.visible_until = start if r.engine.async_scheduling else end
+                r._finish_step(batch, dt, end)
+                if self.fast and r._schedule_cohort is not None:
+                    r._rebuild_cohort()
+
+    def _plan(self, r: Replica):
+        """One rank's part of the next step: (batch, planned against its cohort?, shape, cohort decoders, cohort sits
+        out) or None when it has nothing to run. As a lone replica plans: against its live cohort when its
+        scheduler can (`schedule_cohort`), else over materialised requests; an engine left empty plans again at
+        once and sees what async scheduling's lag hid."""
+        if not (r.waiting or r.running or r.swapped):
+            return None
+        r._order_waiting()
+        for _ in range(2):
+            if r._live:
+                batch = r._schedule_cohort(r) if r._schedule_cohort is not None else None
+                if batch is None:
+                    self._leave(r)          # the exact path decides this step
+                elif batch or r.cohort.size:
+                    seqs, idle = r._cohort_decoders()
+                    return batch, True, _shape_of(batch, seqs, r.cohort.ctx if seqs else 0), seqs, idle
+            if not r._live:
+                batch = r.scheduler.schedule(r)
                 if batch:
-                    r._finish_step(batch, dt, end)
+                    shape = r._shape(r, batch) if r._shape is not None else _shape_of(batch)
+                    return batch, False, shape, 0, False
+            if not (r.waiting and r.waiting[0].enqueued > r.visible_until):
+                return None
+            r.visible_until = float("inf")
+        return None
+
+
+def _decode_pricer(cost, size: int, ctx: int, moe_tokens: int):
+    """Step i of a steady run for one rank (`size` decoders, context sum `ctx` at the start): `cost.step_time` of
+    that decode batch with the group's expert tokens, with its run-constant parts (the linear ops, the host time)
+    looked up once; the same float operations as `step_time`, so the same times to the bit."""
+    if not (getattr(cost, "expert_parallel", False) and hasattr(cost, "_group_linear_time")):
+        return lambda i: cost.step_time(_shape_of((), size, ctx + size * i), moe_tokens)
+    base = cost._group_linear_time(size, size, moe_tokens)
+    attn = cost._decode_scalar
+    e = cost.engine
+    host = e.host_time(0, size, size)
+    overlap = e.async_scheduling
+
+    def price(i: int) -> float:
+        t = base + attn(size, ctx + size * i)
+        if overlap:
+            return t if t > host else host
+        return t + host
+
+    return price
