@@ -272,11 +272,13 @@ class Replica:
             req.hashes = self.kv.block_hashes(req.segments, req.prompt_len)
         self.waiting.append(req)
         self._sorted = False
-        if not self._wake.triggered:
-            self._wake.succeed()
-        elif self._run_ends is not None:
+        if self._run_ends is not None:
+            # a fast-forwarded run is in progress: cut it (checked first: a wake event left untriggered by a
+            # scheduler's timed wake-up must not swallow the arrival)
             self._run_ends = None
             self.proc.interrupt()
+        elif not self._wake.triggered:
+            self._wake.succeed()
 
     @property
     def outstanding(self) -> int:
@@ -756,7 +758,7 @@ class Replica:
                 try:
                     yield env.timeout(ends[-1] - env.now)
                 except simpy.Interrupt:
-                    done = min(bisect_left(ends, env.now) + self._lag, k)
+                    done = min(bisect_left(ends, env.now) + self._lag_at(env.now, clock), k)
                     if done > len(ends):                 # the lag reaches past what was priced
                         self._price_more(times, ends, seqs, clock, done)
                     yield env.timeout(max(ends[done - 1] - env.now, 0.0))
@@ -775,10 +777,16 @@ class Replica:
                 done = k
             except simpy.Interrupt:
                 j = bisect_left(ends, env.now)
-                done = min(j + self._lag, k)
+                done = min(j + self._lag_at(env.now, clock), k)
                 yield env.timeout(max(ends[done - 1] - env.now, 0.0))
         self._run_ends = None
         self._commit_run(done, ends, times, clock)
+
+    def _lag_at(self, now: float, clock: float) -> int:
+        """Steps an interrupted run still runs for an arrival at `now` (the run started at `clock`): under async
+        scheduling the step after the one in progress was planned already, unless the arrival came at the very
+        start of the run, when the plan of the first step had been made but the second's had not."""
+        return self._lag if now > clock else 1
 
     def _commit_run(self, done: int, ends: list, times: list, clock: float) -> None:
         """Apply the first `done` steps of a priced cohort run that started at `clock` (step lengths `times`, end
