@@ -12,7 +12,9 @@ The group runs one process for all its ranks: one event per step, or, when every
 where the per-step loop would have taken it in: a replica with work sees it two steps later under async scheduling
 (one without), an idle one at the next step. The runs use each replica's decode cohort, rebuilt for the run and
 written back after it. A dummy batch's own part (one token) is far below a working rank's, so idle ranks only add
-their share of the tokens: none.
+their share of the tokens: none. (An arrival at exactly a step's end time, to the last bit, may be taken in a step
+apart by the two modes: SimPy orders events of the same time by when they were scheduled, and the modes schedule
+their step ends at different moments. Random arrival times never meet that.)
 """
 from __future__ import annotations
 
