@@ -38,6 +38,9 @@ def estimate(
     model: str = typer.Option(..., "--model", "-m", help="Catalogue name, Hugging Face id, or path to a config.json."),
     gpu: str = typer.Option(..., "--gpu", "-g", help="GPU name, e.g. h100-sxm-80gb or 'H100'."),
     tp: int = typer.Option(1, "--tp", help="Tensor-parallel degree."),
+    ep: int = typer.Option(1, "--ep", help="Expert parallelism (MoE): 1, the tp (whole experts over the replica's "
+                                           "GPUs) or a multiple of it (a replica of a DP group whose experts span ep "
+                                           "GPUs, all replicas with this batch)."),
     batch: int = typer.Option(1, "--batch", "-b", help="Sequences in the batch."),
     prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prefill: prompt tokens per sequence."),
     context: Optional[int] = typer.Option(None, "--context", help="Decode: tokens already in each sequence's KV cache."),
@@ -57,7 +60,7 @@ def estimate(
 
     est = run_estimate(model, gpu, tp=tp, batch=batch, prompt_len=prompt_len, context=context, phase=phase,
                        weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
-                       flash_attention=not naive_attention, offload=offload, power_w=power_w)
+                       flash_attention=not naive_attention, offload=offload, power_w=power_w, ep=ep)
     if as_json:
         _print_json(est.as_dict())
         return

@@ -54,7 +54,8 @@ def model_rows() -> list[dict]:
 def print_estimate(est) -> None:
     """Print an iteration estimate op by op (`servesim estimate`)."""
     d = est.as_dict()
-    title = (f"{d['model']} on {d['tp']}x {d['gpu']} ({d['weight_dtype']} weights, {d['kv_dtype']} KV, "
+    title = (f"{d['model']} on {d['tp']}x {d['gpu']}" + (f", experts over {d['ep']} GPUs" if d["ep"] > 1 else "")
+             + f" ({d['weight_dtype']} weights, {d['kv_dtype']} KV, "
              f"engine {d['engine']}): {d['phase']} batch {d['batch']}"
              + (f", prompt {d['prompt_len']}" + (f" after {d['context']} cached" if d["context"] else "")
                 if d["phase"] == "prefill" else f", context {d['context']}"))

@@ -44,6 +44,7 @@ class Estimate:
     power_w: float | None = None        # TDP (or the power given); None when the catalogue has none
     unified_memory: bool = False        # edge SoC: CPU and GPU share one DRAM
     offload: dict | None = None         # the placement and where its bytes go, when offloaded
+    ep: int = 1                         # GPUs the experts are spread over (1: sliced by TP)
 
     @property
     def energy_j(self) -> float | None:
@@ -86,7 +87,8 @@ class Estimate:
         """Everything the estimate holds, as a JSON-ready dict (what `servesim estimate --json` prints)."""
         mem = self.memory
         return {
-            "model": self.model, "gpu": self.gpu, "tp": self.tp, "phase": self.phase, "batch": self.batch,
+            "model": self.model, "gpu": self.gpu, "tp": self.tp, "ep": self.ep, "phase": self.phase,
+            "batch": self.batch,
             "prompt_len": self.prompt_len, "context": self.context, "weight_dtype": self.weight_dtype,
             "kv_dtype": self.kv_dtype, "engine": self.engine,
             "latency_s": self.latency_s, "flops": self.flops, "bytes": self.bytes,
@@ -111,14 +113,17 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
              weight_dtype: str | None = None, kv_dtype: str | None = None, engine: str = "vllm",
              gpu_memory_utilization: float = 0.9, flash_attention: bool = True,
              offload: Placement | str | None = None, offload_hardware: OffloadHardware | None = None,
-             power_w: float | None = None) -> Estimate:
+             power_w: float | None = None, ep: int = 1) -> Estimate:
     """Price one iteration: prefill of `batch` prompts of `prompt_len` new tokens each (after `context`
     cached tokens, 0 by default), or decode of `batch` sequences at `context` tokens. Raises
     DeploymentError only if the weights do not fit (on the GPU, or, with `offload`, in the GPU's share).
 
     `offload`: a `Placement` (or its text form, "gpu=0.2,cpu=0.8") of weights / KV across GPU, host and
     disk, priced by `sim.weight_offload.OffloadedCostModel` on `offload_hardware` (default: the GPU's
-    host link, catalogue host DRAM and NVMe). `power_w` replaces the device's TDP for the energy figures."""
+    host link, catalogue host DRAM and NVMe). `power_w` replaces the device's TDP for the energy figures.
+    `ep`: expert parallelism for MoE models, 1 (experts sliced by TP), `tp` (whole experts over the replica's GPUs)
+    or a multiple of `tp` (one replica of a data-parallel group whose experts span ep GPUs, every replica with a
+    batch like this one)."""
     spec = model if isinstance(model, ModelSpec) else get_model(model)
     dev = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     phase = phase or ("prefill" if prompt_len is not None else "decode")
@@ -138,8 +143,13 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
         shape, ctx_tokens, prompt_len = BatchShape.decode(batch, context), context + 1, 0
     else:
         raise ConfigError(f"--phase must be prefill or decode, got {phase!r}")
+    if ep < 1 or (ep > 1 and ep % tp):
+        raise ConfigError(f"--ep {ep}: experts spread over the replica's {tp} GPUs (--ep {tp}) or over data-parallel "
+                          f"replicas of them (a multiple of {tp}); use 1, {tp} or a multiple of {tp}")
+    if ep > 1 and offload is not None:
+        raise ConfigError("--ep with --offload is not modelled; use one of them")
     cost = CostModel(spec, dev, tp=tp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,
-                     flash_attention=flash_attention)
+                     flash_attention=flash_attention, expert_parallel=ep > 1, ep_size=ep if ep > 1 else None)
     base = cost
     if offload is not None:
         placement = Placement.parse(offload) if isinstance(offload, str) else offload
@@ -168,4 +178,5 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
     return Estimate(spec.name, dev.name, tp, phase, batch, prompt_len, context, cost.weight_dtype, cost.kv_dtype,
                     cost.engine.name, latency, sum(o.flops for o in ops), sum(o.bytes for o in ops), ops, mem,
                     kv_fits=kv_fits, peak_flops=dev.peak_flops(base._compute_dtype()), peak_bw=dev.memory_bw,
-                    power_w=device_power_w(dev, power_w), unified_memory=is_unified_memory(dev), offload=off)
+                    power_w=device_power_w(dev, power_w), unified_memory=is_unified_memory(dev), offload=off,
+                    ep=ep)

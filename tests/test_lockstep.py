@@ -275,3 +275,20 @@ def test_a_request_arriving_as_a_run_starts_is_taken_in_as_the_per_step_loop_tak
     a = fast.requests[cols].sort_values("request_id").reset_index(drop=True)
     b = slow.requests[cols].sort_values("request_id").reset_index(drop=True)
     assert len(a) == 300 and a.equals(b)
+
+
+def test_estimate_prices_a_replica_of_a_wide_ep_group_and_refuses_an_uneven_ep():
+    import subprocess
+
+    from sim.estimate import estimate
+    from tests.paths import SERVESIM
+
+    wide_est = estimate("mixtral-8x7b", "h100", tp=2, ep=8, batch=32, context=1000)
+    sliced = estimate("mixtral-8x7b", "h100", tp=2, batch=32, context=1000)
+    assert wide_est.as_dict()["ep"] == 8 and sliced.as_dict()["ep"] == 1
+    assert wide_est.memory.weights_gb < 0.3 * sliced.memory.weights_gb          # one expert per GPU, not half of 8
+    c = wide(tp=2, ranks=4)
+    assert wide_est.latency_s == pytest.approx(c.step_time(BatchShape.decode(32, 1000)), rel=1e-12)
+    p = subprocess.run([str(SERVESIM), "estimate", "--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2",
+                        "--ep", "3", "--context", "100"], capture_output=True, text=True, timeout=60)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--ep 3" in p.stderr
