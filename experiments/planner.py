@@ -20,7 +20,8 @@ A plan file::
     policies: {default: {}, chunk-512: {engine.max_num_batched_tokens: 512}}
     probe_duration_s: 180                     # simulated seconds of arrivals per probe
 
-Candidates are GPU x TP x policy. For each, a probe simulates `probe_duration_s` seconds of
+Candidates are GPU x TP x policy (x `ep_groups` for a MoE model: experts sliced by TP, spread over each
+replica's GPUs, or over lockstep groups of N replicas, whose unit is then the whole group). For each, a probe simulates `probe_duration_s` seconds of
 arrivals at a rate r (same seed for every probe, so arrival times are the same draws scaled by
 1/r) and checks the SLOs on every request, counting requests that never finished as missing
 them. With `seeds: N` a probe runs N arrival draws and passes only if all of them meet the SLOs:
@@ -48,7 +49,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, PositiveFloat, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
 
 from sim.errors import ConfigError, DeploymentError, ServesimError
 
@@ -184,6 +185,11 @@ class PlanSpec(_Model):
     target_rate: PositiveFloat = Field(description="Total request rate (req/s) the deployment must serve.")
     gpus: list[str | GPUChoice] = Field(min_length=1, description="Candidate GPUs.")
     tp: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1, description="Candidate TP degrees.")
+    ep_groups: list[NonNegativeInt] = Field(
+        default_factory=lambda: [0], min_length=1,
+        description="Expert parallelism for MoE models: 0 = experts sliced by TP; 1 = EP over each replica's TP GPUs "
+                    "(ep = tp); N >= 2 = data-parallel attention with EP: lockstep groups of N replicas whose experts "
+                    "span all N x tp GPUs (ep = N x tp), counted and priced as whole groups.")
     policies: dict[str, dict[str, Any]] = Field(
         default_factory=lambda: {"default": {}}, description="Policy name -> dotted overrides "
                                                              "(scheduler, engine knobs).")
@@ -222,17 +228,27 @@ def load_plan(source: str | Path | dict) -> tuple[PlanSpec, dict]:
 
 @dataclass(frozen=True)
 class Candidate:
-    """One deployment option: a GPU, a TP degree and a policy."""
+    """One deployment option: a GPU, a TP degree, a policy, and for MoE models how the experts are spread
+    (`ep_group`, see PlanSpec.ep_groups). Its unit is one replica, or one lockstep group of `ep_group` replicas."""
 
     gpu: str
     tp: int
     policy: str
     price_per_hour: float | None
+    ep_group: int = 0
 
     @property
     def label(self) -> str:
-        """A short name for tables and charts, e.g. 'h100-sxm-80gb tp4 chunk-512'."""
-        return f"{self.gpu} tp{self.tp}" + ("" if self.policy == "default" else f" {self.policy}")
+        """A short name for tables and charts, e.g. 'h100-sxm-80gb tp4 chunk-512', 'h100-sxm-80gb 4xtp2 ep8'."""
+        n = self.ep_group
+        layout = (f"{n}xtp{self.tp} ep{n * self.tp}" if n >= 2 else
+                  f"tp{self.tp} ep{self.tp}" if n == 1 else f"tp{self.tp}")
+        return f"{self.gpu} {layout}" + ("" if self.policy == "default" else f" {self.policy}")
+
+    @property
+    def unit_gpus(self) -> int:
+        """GPUs of one unit: a replica's TP GPUs, or a lockstep group's."""
+        return self.tp * max(1, self.ep_group)
 
 
 def candidates(spec: PlanSpec) -> list[Candidate]:
@@ -245,8 +261,9 @@ def candidates(spec: PlanSpec) -> list[Candidate]:
         gpu = get_gpu(choice.name)                     # an unknown name fails here, in one line
         price = choice.price_per_hour if choice.price_per_hour is not None else gpu.price_per_hour
         for tp in spec.tp:
-            for policy in spec.policies:
-                out.append(Candidate(gpu.name, tp, policy, price))
+            for n in spec.ep_groups:
+                for policy in spec.policies:
+                    out.append(Candidate(gpu.name, tp, policy, price, n))
     return out
 
 
@@ -256,7 +273,16 @@ def candidate_config(base: dict, spec: PlanSpec, cand: Candidate) -> dict:
 
     data = copy.deepcopy(base)
     set_dotted(data, "hardware.gpu", cand.gpu)
-    set_dotted(data, "parallelism.tp", cand.tp)
+    n = cand.ep_group
+    if n >= 2:
+        # one unit is a lockstep group: n replicas behind the router, experts over all their GPUs
+        data.pop("parallelism", None)
+        data["deployment"] = {"replicas": n, "parallelism": {"tp": cand.tp, "ep": n * cand.tp}}
+        data.setdefault("router", "least_outstanding_requests")
+    else:
+        set_dotted(data, "parallelism.tp", cand.tp)
+        if n == 1:
+            set_dotted(data, "parallelism.ep", cand.tp)
     for key, value in spec.policies[cand.policy].items():
         set_dotted(data, key, copy.deepcopy(value))
     return data
@@ -291,12 +317,13 @@ def with_rate(config: dict, rate: float, duration_s: float) -> dict:
     return data
 
 
-def probe_config(plan: str | Path | dict, gpu: str, tp: int, rate: float, policy: str = "default") -> dict:
+def probe_config(plan: str | Path | dict, gpu: str, tp: int, rate: float, policy: str = "default",
+                 ep_group: int = 0) -> dict:
     """The exact config the planner simulates for a candidate at `rate` (to re-run a probe by hand)."""
     from sim.hardware import get_gpu
 
     spec, base = load_plan(plan)
-    cand = Candidate(get_gpu(gpu).name, tp, policy, None)
+    cand = Candidate(get_gpu(gpu).name, tp, policy, None, ep_group)
     return with_rate(candidate_config(base, spec, cand), rate, spec.probe_duration_s)
 
 
@@ -393,8 +420,8 @@ def evaluate_candidate(task: dict) -> dict:
     """Worker entry point: search one candidate and price its cheapest deployment (never raises)."""
     cand = Candidate(**task["candidate"])
     slo = SLO.model_validate(task["slo"])
-    row: dict[str, Any] = {"candidate": cand.label, "gpu": cand.gpu, "tp": cand.tp, "policy": cand.policy,
-                           "price_per_gpu_hour": cand.price_per_hour}
+    row: dict[str, Any] = {"candidate": cand.label, "gpu": cand.gpu, "tp": cand.tp, "ep_group": cand.ep_group,
+                           "policy": cand.policy, "price_per_gpu_hour": cand.price_per_hour}
     probes: dict[float, dict] = {}
     try:
         lo, hi, probes = search_max_rate(task["config"], slo, task["duration_s"], initial_rate=task["initial_rate"],
@@ -417,7 +444,7 @@ def evaluate_candidate(task: dict) -> dict:
         dep = probes.get(per_replica) or probe(task["config"], per_replica, task["duration_s"], slo,
                                                task.get("seeds", 1))
         probes.setdefault(per_replica, dep)
-        gpus = replicas * cand.tp
+        gpus = replicas * cand.unit_gpus
         usd_h = gpus * cand.price_per_hour if cand.price_per_hour else None
         tokens_per_hour = target * dep["mean_output_tokens"] * 3600
         row.update(status="ok" if math.isfinite(hi) else "ok (max_rate reached)", error=None, replicas=replicas,
@@ -426,7 +453,7 @@ def evaluate_candidate(task: dict) -> dict:
                    usd_per_1m_output_tokens_at_capacity=None, deployment_meets_slo=dep["met"])
         if usd_h:
             cap_tokens = lo * dep["mean_output_tokens"] * 3600
-            row["usd_per_1m_output_tokens_at_capacity"] = cand.tp * cand.price_per_hour / cap_tokens * 1e6
+            row["usd_per_1m_output_tokens_at_capacity"] = cand.unit_gpus * cand.price_per_hour / cap_tokens * 1e6
         for k, v in dep.items():
             if "." in k or k in ("attainment", "goodput_rps"):
                 row[k] = v
@@ -507,6 +534,13 @@ def _validate(config: dict, cand: Candidate) -> None:
         raise ConfigError(f"candidate {cand.label}: {exc}") from None
 
 
+def _unit(row) -> str:
+    """What one of a candidate's `replicas` is: a replica, or a lockstep group of them (ep_groups >= 2)."""
+    n = row.get("ep_group", 0)
+    n = 0 if n is None or pd.isna(n) else int(n)
+    return f"{n}-replica group" if n >= 2 else "replica"
+
+
 def _rank(table: pd.DataFrame, latency: str) -> pd.DataFrame:
     """Sort cheapest first and mark the Pareto frontier over ($/hour, latency)."""
     from .charts import pareto_mask
@@ -546,7 +580,7 @@ def recommend(table: pd.DataFrame, spec: PlanSpec) -> str:
             lat.append(f"{q} {_NAMES[m]} {_fmt_s(float(v))}")
     text = (f"For {spec.target_rate:g} req/s under {slo}, the cheapest deployment is {int(best['replicas'])} x "
             f"{best['candidate']} ({_gpus(best['gpus'])}) at ${best['usd_per_hour']:.2f}/hour, "
-            f"${best['usd_per_1m_output_tokens']:.3f} per 1M output tokens. Each replica sustains up to "
+            f"${best['usd_per_1m_output_tokens']:.3f} per 1M output tokens. Each {_unit(best)} sustains up to "
             f"{best['max_rate_per_replica']:.3g} req/s within the SLOs, so at the target it runs at "
             f"{best['utilization']:.0%} of that" + (f" with {' and '.join(lat)}" if lat else "") + ".")
     if len(ok) > 1:

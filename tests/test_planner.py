@@ -186,3 +186,29 @@ def test_a_two_seed_search_returns_a_rate_both_seeds_pass():
         assert planner.probe({**cfg, "seed": PLAN["seed"] + i}, two, 40, slo)["met"]
     with pytest.raises(ConfigError):
         load_plan({**PLAN, "seeds": 0})
+
+
+def test_moe_plans_compare_experts_sliced_inside_a_replica_and_over_a_lockstep_group():
+    moe = {**PLAN, "model": "mixtral-8x7b", "gpus": [{"name": "h100-sxm-80gb", "price_per_hour": 2.5}], "tp": [2],
+           "ep_groups": [0, 1, 2], "target_rate": 12, "probe_duration_s": 30, "initial_rate": 4,
+           "slo": {"ttft_s": 1.0, "tpot_s": 0.05}}
+    spec, base = load_plan(moe)
+    cands = planner.candidates(spec)
+    assert [c.label for c in cands] == ["h100-sxm-80gb tp2", "h100-sxm-80gb tp2 ep2", "h100-sxm-80gb 2xtp2 ep4"]
+    group = planner.candidate_config(base, spec, cands[2])
+    assert group["deployment"] == {"replicas": 2, "parallelism": {"tp": 2, "ep": 4}} and "parallelism" not in group
+    assert planner.candidate_config(base, spec, cands[1])["parallelism"] == {"tp": 2, "ep": 2}
+    res = planner.plan(moe)
+    rows = {r.candidate: r for r in res.table.itertuples()}
+    for label, unit_gpus in (("h100-sxm-80gb tp2", 2), ("h100-sxm-80gb 2xtp2 ep4", 4)):
+        r = rows[label]
+        assert r.status.startswith("ok")
+        assert r.gpus == r.replicas * unit_gpus and r.replicas == math.ceil(12 / r.max_rate_per_replica - 1e-9)
+        assert r.usd_per_hour == pytest.approx(r.gpus * 2.5)
+    # the group's number is what one group (two engines) sustains, checked by a direct run of its probe config
+    g = rows["h100-sxm-80gb 2xtp2 ep4"]
+    cfg = probe_config(moe, "h100-sxm-80gb", 2, g.max_rate_per_replica, ep_group=2)
+    assert cfg["deployment"]["replicas"] == 2
+    assert SLO(ttft_s=1.0, tpot_s=0.05).evaluate(*(lambda r: (r.requests, r.summary))(run(cfg)))["met"]
+    # a group of two engines with the experts over 4 GPUs serves more than two engines would alone
+    assert g.max_rate_per_replica > 2 * rows["h100-sxm-80gb tp2"].max_rate_per_replica
