@@ -158,6 +158,7 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
     summary["memory"] = {"weights_gb": mem.weights_gb, "kv_gb": mem.kv_gb, "num_blocks": mem.num_blocks,
                          "kv_bytes_per_token": mem.kv_bytes_per_token}
     summary["deployment"] = {"model": cost.model.name, "gpu": serving.plan.cost.gpu.name, "tp": serving.plan.cost.tp,
+                             "ep": getattr(serving.plan.cost, "ep_size", 1),
                              "weight_dtype": cost.weight_dtype, "kv_dtype": cost.kv_dtype,
                              "engine_profile": cost.engine.name, "scheduler": cfg.scheduler,
                              "max_model_len": max_model_len, "replicas": len(dep.replicas),

@@ -109,8 +109,11 @@ def print_replications(rep: dict) -> None:
 
 def print_summary(s: dict, out=None) -> None:
     """The readable version of summary.json."""
-    table = Table(title=f"{s['deployment']['model']} on {s['deployment']['tp']}x {s['deployment']['gpu']} "
-                        f"({s['deployment']['scheduler']} scheduler)")
+    d = s["deployment"]
+    replicas, ep = d.get("replicas", 1), d.get("ep", 1)
+    layout = f"{replicas} x TP{d['tp']} {d['gpu']}" if replicas > 1 else f"{d['tp']}x {d['gpu']}"
+    table = Table(title=f"{d['model']} on {layout}" + (f", EP{ep}" if ep > 1 else "")
+                        + f" ({d['scheduler']} scheduler)")
     for c in ("metric", "mean", "p50", "p90", "p99"):
         table.add_column(c, justify="left" if c == "metric" else "right")
     for key, label in (("ttft_s", "TTFT (ms)"), ("tpot_s", "TPOT (ms)"), ("itl_s", "ITL (ms)"), ("e2e_s", "E2E (ms)")):

@@ -209,6 +209,7 @@ def test_a_wide_ep_deployment_runs_in_lockstep_and_beats_experts_inside_each_rep
     wide_run, inside = run(deployment_config(ep=4)), run(deployment_config(ep=2))
     for r in (wide_run, inside):
         assert r.summary["requests"]["completed"] == r.summary["requests"]["total"] > 200
+    assert (wide_run.summary["deployment"]["ep"], inside.summary["deployment"]["ep"]) == (4, 2)
     steps = wide_run.steps
     ends = [set(steps[steps.replica == i].end_s.round(12)) for i in (0, 1)]
     both = ends[0] & ends[1]
