@@ -115,14 +115,15 @@ class LockstepGroup:
                 yield env.timeout(ends[upto - 1] - env.now)
             except simpy.Interrupt:
                 # the step in progress ends as planned; a working rank's plan for the next one is made already
-                # under async scheduling, an idle rank takes the request at the next step
+                # under async scheduling, an idle rank takes the request at the next step: the run ends at the
+                # earliest of the receivers' takes
                 receivers = [r for r in self.ranks if r._run_ends is None]
                 if not receivers:
                     continue             # a second interrupt for arrivals an earlier one already counted
                 for r in receivers:
                     r._run_ends = ends
                 step = bisect_left(ends, env.now)
-                at_work = env.now > clock and any(id(r) in working for r in receivers)
+                at_work = env.now > clock and all(id(r) in working for r in receivers)
                 cut = step + (lag if at_work else 1)
                 target = min(target, max(cut, step + 1))
                 if target > len(ends):

@@ -1,5 +1,6 @@
 """Property-based fuzzing of feature combinations: hypothesis draws random but valid run configs (model, GPU,
-batching scheduler, queue ordering, victims, engine knobs, replicas behind a router or prefill/decode pools,
+batching scheduler, queue ordering, victims, engine knobs, replicas behind a router (MoE: also in lockstep with
+their experts over all their GPUs) or prefill/decode pools,
 speculative decoding, KV offload tiers, KV eviction, admission control, fast or per-iteration mode) on small
 workloads of a few dozen requests (Poisson, shared prefixes, or a tiny CSV trace), and checks invariants that
 must hold for every config the project accepts:
@@ -179,8 +180,14 @@ def make_config(rnd, heavy: bool | None = None) -> dict:
         cfg["admission"] = d.pick([{"type": "bounded_queue", "max_queue": 3},
                                    {"type": "token_bucket", "rate": 20.0, "burst": 5.0}])
 
-    layout = d.pick(["single", "replicas", "pools"])
-    if layout == "single":
+    # MoE models may also run as data-parallel replicas whose experts span all their GPUs (lockstep groups)
+    layout = d.pick(["single", "replicas", "pools"] + (["wide_ep"] if model in ("mixtral-8x7b", "qwen3-30b-a3b")
+                                                      else []))
+    if layout == "wide_ep":
+        n = d.pick([2, 4])
+        cfg["deployment"] = {"replicas": n, "parallelism": {"tp": tp, "ep": n * tp}}
+        cfg["router"] = d.pick(ROUTERS)
+    elif layout == "single":
         if tp > 1:
             cfg["parallelism"] = {"tp": tp}
     elif layout == "replicas":

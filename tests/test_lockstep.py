@@ -30,7 +30,7 @@ class MoECost:
 
 
 def group(ranks: int, specs_by_rank: dict[int, list[RequestSpec]], async_scheduling: bool = False,
-          fast: bool = True, blocks: int = 64):
+          fast: bool = True, blocks: int = 64, one_driver: bool = False):
     env = simpy.Environment()
     log = RequestLog()
     engine = EngineConfig(max_num_seqs=8, max_num_batched_tokens=4096, enable_prefix_caching=False,
@@ -40,8 +40,15 @@ def group(ranks: int, specs_by_rank: dict[int, list[RequestSpec]], async_schedul
     for rep in reps:
         rep.step_records = []
     lock = LockstepGroup(env, reps, fast=fast)
-    for i, specs in specs_by_rank.items():
-        env.process(drive_arrivals(env, iter(specs), reps[i].enqueue))
+    if one_driver:
+        # one arrival process for every replica, as a router drives them: requests of the same instant reach
+        # their replicas within one event
+        rank_of = {s.request_id: i for i, specs in specs_by_rank.items() for s in specs}
+        merged = sorted((s for specs in specs_by_rank.values() for s in specs), key=lambda s: s.arrival_s)
+        env.process(drive_arrivals(env, iter(merged), lambda req: reps[rank_of[req.id]].enqueue(req)))
+    else:
+        for i, specs in specs_by_rank.items():
+            env.process(drive_arrivals(env, iter(specs), reps[i].enqueue))
     lock.events = 0
     while env.peek() < float("inf"):
         env.step()
@@ -86,6 +93,20 @@ def test_with_async_scheduling_an_idle_replica_takes_a_request_at_the_next_step(
     assert first[1] == pytest.approx(boundary)
 
 
+@pytest.mark.parametrize("async_scheduling", [True, False])
+def test_arrivals_at_a_working_and_an_idle_replica_at_once_end_a_run_at_the_idle_ones_step(async_scheduling):
+    # the fuzz's find: requests reach replica 0 (decoding, in a run) and idle replica 1 at the same instant; the
+    # idle one takes its request at the next step, so the run must end there, not at the working one's lag
+    specs = {0: [RequestSpec(0, 0.0, 16, 40), RequestSpec(1, 5.5e-3, 16, 3)], 1: [RequestSpec(2, 5.5e-3, 16, 3)]}
+    out = []
+    for fast in (True, False):
+        _, _, log = group(2, specs, async_scheduling, fast=fast, one_driver=True)
+        cols = log.arrays()
+        out.append(dict(zip(cols["request_id"].tolist(), zip(cols["first_scheduled_s"].tolist(),
+                                                             cols["finish_s"].tolist()))))
+    assert out[0] == out[1]
+
+
 def test_an_idle_replica_adds_nothing_and_wakes_the_group():
     # only replica 1 ever gets work: the group runs its steps with its own tokens alone
     reps, lock, log = group(2, {1: [RequestSpec(0, 0.25, 16, 2)]})
@@ -119,8 +140,8 @@ COLUMNS = RequestLog.COLUMNS
 @settings(max_examples=40, deadline=None)
 @given(st.lists(st.tuples(st.integers(0, 2), st.floats(0.0, 0.3), st.integers(1, 200), st.integers(1, 60)),
                 min_size=1, max_size=25),
-       st.booleans(), st.sampled_from([12, 64]))
-def test_fast_forward_runs_give_the_per_step_loops_timestamps(reqs, async_scheduling, blocks):
+       st.booleans(), st.sampled_from([12, 64]), st.booleans())
+def test_fast_forward_runs_give_the_per_step_loops_timestamps(reqs, async_scheduling, blocks, one_driver):
     # runs of steady decode priced at once, cut by arrivals at working and idle ranks, against one event per step;
     # 12 blocks per rank make preemptions and block-boundary cuts common
     by_rank: dict[int, list[RequestSpec]] = {}
@@ -128,7 +149,7 @@ def test_fast_forward_runs_give_the_per_step_loops_timestamps(reqs, async_schedu
         by_rank.setdefault(rank, []).append(RequestSpec(i, t, min(prompt, 150), out))
     results = []
     for fast in (True, False):
-        reps, lock, log = group(3, by_rank, async_scheduling, fast=fast, blocks=blocks)
+        reps, lock, log = group(3, by_rank, async_scheduling, fast=fast, blocks=blocks, one_driver=one_driver)
         cols = log.arrays()
         order = np.argsort(cols["request_id"])
         results.append(({c: [None if v != v else v for v in cols[c][order].tolist()] for c in COLUMNS},
