@@ -221,6 +221,14 @@ def load_plan(source: str | Path | dict) -> tuple[PlanSpec, dict]:
         raise ConfigError(f"plan file: workload type {base['workload'].get('type')!r} has no request rate to scale; "
                           f"the planner needs rate stages (poisson, shared_prefix) or an arrival process with a "
                           f"rate (arrival: {{process: poisson, rate: ...}})")
+    if any(spec.ep_groups):
+        from sim.models import get_model
+
+        name = base["model"]["name"] if isinstance(base["model"], dict) else base["model"]
+        model = get_model(name)
+        if not model.is_moe:
+            raise ConfigError(f"plan file: ep_groups spread a MoE model's experts; {model.name} has none, "
+                              f"use ep_groups: [0]")
     base.setdefault("sim", {})["progress"] = False
     base["seed"] = spec.seed
     return spec, base

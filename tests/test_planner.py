@@ -212,3 +212,8 @@ def test_moe_plans_compare_experts_sliced_inside_a_replica_and_over_a_lockstep_g
     assert SLO(ttft_s=1.0, tpot_s=0.05).evaluate(*(lambda r: (r.requests, r.summary))(run(cfg)))["met"]
     # a group of two engines with the experts over 4 GPUs serves more than two engines would alone
     assert g.max_rate_per_replica > 2 * rows["h100-sxm-80gb tp2"].max_rate_per_replica
+
+
+def test_ep_groups_on_a_dense_model_are_refused_when_the_plan_loads():
+    with pytest.raises(ConfigError, match="ep_groups: \\[0\\]"):
+        load_plan({**PLAN, "ep_groups": [0, 2]})
