@@ -314,3 +314,22 @@ def test_estimate_prices_a_replica_of_a_wide_ep_group_and_refuses_an_uneven_ep()
     p = subprocess.run([str(SERVESIM), "estimate", "--model", "mixtral-8x7b", "--gpu", "h100", "--tp", "2",
                         "--ep", "3", "--context", "100"], capture_output=True, text=True, timeout=60)
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "--ep 3" in p.stderr
+
+
+@pytest.mark.parametrize("preemption_mode", ["recompute", "swap"])
+def test_a_lockstep_group_short_of_kv_preempts_loses_nothing_and_fast_forwards_exactly(preemption_mode):
+    # two TP2 replicas with the experts over all 4 GPUs and ~9k KV tokens each, hit by a burst of long requests
+    cfg = deployment_config(ep=4) | {
+        "engine": {"max_num_seqs": 256, "max_num_batched_tokens": 2048, "max_model_len": 4096,
+                   "gpu_memory_utilization": 0.33, "preemption_mode": preemption_mode, "swap_space": 4.0},
+        "workload": {"type": "poisson", "stages": [{"rate": 1000.0, "duration_s": 0.05}],
+                     "input_len": {"dist": "uniform", "low": 1500, "high": 3500},
+                     "output_len": {"dist": "uniform", "low": 200, "high": 600}}}
+    fast = run(cfg)
+    slow = run(cfg | {"sim": {"progress": False, "mode": "iteration"}})
+    s = fast.summary
+    assert s["preemptions"] > 0
+    assert s["requests"]["completed"] == s["requests"]["total"] == 50
+    sent = fast.requests.sort_values("request_id")
+    cols = ["request_id", "replica", "first_scheduled_s", "first_token_s", "finish_s", "output_tokens", "preemptions"]
+    assert sent[cols].reset_index(drop=True).equals(slow.requests.sort_values("request_id")[cols].reset_index(drop=True))
