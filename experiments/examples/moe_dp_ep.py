@@ -2,79 +2,28 @@
 
     python experiments/examples/moe_dp_ep.py [--out out/moe_dp_ep] [--docs]
 
-Runs the points of moe_dp_ep.yaml (5 layouts x 11 request rates, about a minute on 2 cores) and draws p99 TTFT, p99 TPOT and
-output throughput against the offered rate, one line per layout: 1 x TP8, 1 x TP8 EP8, 4 x TP2, and
-DP attention with EP8 over 4 x TP2 or 8 x TP1 replicas (docs/concepts/cluster.md, 'Experts over
+Runs the points of moe_dp_ep.yaml (5 layouts x 11 request rates, about a minute on 2 cores) and draws
+p99 TTFT, p99 TPOT and output throughput against the offered rate, one line per layout: 1 x TP8,
+1 x TP8 EP8, 4 x TP2, and DP attention with EP8 over 4 x TP2 or 8 x TP1 replicas (docs/concepts/cluster.md, 'Experts over
 data-parallel replicas').
 Writes results.csv and moe_dp_ep.html/.png under --out (PNG needs kaleido); --docs also writes
 the PNG to docs/studies/.
 
-Each point runs through this script's own `simulate` (extra columns: labels, SLO verdicts, costs)
-via `experiments.sweep.run_points`; `servesim sweep` on the YAML runs the same points with the
+Each point runs through tp_vs_dp_70b's `simulate` (extra columns: labels, SLO verdicts, costs) via
+`experiments.sweep.run_points`, and tp_vs_dp_70b's `layout_study` writes the table and chart; `servesim sweep` on the YAML runs the same points with the
 standard columns.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from experiments.examples.tp_vs_dp_70b import layout_study
 
-from experiments import charts
-from experiments.planner import SLO
-from experiments.runner import run
-from experiments.sweep import flatten, run_points
-from sim.hardware import get_gpu
-
-HERE = Path(__file__).resolve().parent
 NAME = "moe_dp_ep"
-RATE = "workload.stages[0].rate"
-
-
-def simulate(cfg, slo: SLO) -> dict:
-    """One point: the flattened summary, the SLO verdict and the layout's cost per output token."""
-    res = run(cfg)
-    row = flatten({k: v for k, v in res.summary.items() if k not in ("replicas", "links")})
-    row.update({f"slo.{k}": v for k, v in slo.evaluate(res.requests, res.summary).items()})
-    dep = cfg.deployment
-    ep = dep.parallelism.ep
-    row["label"] = f"{dep.replicas} x TP{dep.parallelism.tp}" + (f" EP{ep}" if ep > 1 else "")
-    gpus = dep.replicas * dep.parallelism.tp
-    usd_per_s = gpus * get_gpu(cfg.hardware.gpu).price_per_hour / 3600
-    row["usd_per_1m_output_tokens"] = usd_per_s / res.summary["throughput"]["output_tokens_per_s"] * 1e6
-    row["kv_tokens_per_replica"] = res.summary["kv"]["capacity_tokens"]
-    return row
-
 
 
 def main(argv: list[str] | None = None) -> None:
     """Run the study, print its table and write its chart."""
-    args = charts.study_parser(__doc__, f"out/{NAME}", f"also write docs/studies/{NAME}.png").parse_args(argv)
-
-    df = run_points(HERE / f"{NAME}.yaml", simulate, workers=args.workers)
-    args.out.mkdir(parents=True, exist_ok=True)
-    df.to_csv(args.out / "results.csv", index=False)
-
-    fig = charts.factor_figure(df, RATE, metrics=("ttft_s.p99", "tpot_s.p99", "throughput.output_tokens_per_s"),
-                               group="label")
-    fig.update_yaxes(type="log", col=1)
-    fig.update_yaxes(title_text="seconds (log scale)", col=1)
-    fig.update_xaxes(title_text="offered rate (req/s)", type="linear", dtick=8)
-    fig.add_hline(y=1.0, line_dash="dot", line_color="grey", col=1, annotation_text="SLO 1 s")
-    fig.add_hline(y=0.05, line_dash="dot", line_color="grey", col=2, annotation_text="SLO 50 ms")
-    fig.update_layout(title="Mixtral-8x7B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
-                      height=450, legend_title_text="layout")
-    charts.save_study_figure(fig, args.out, NAME, args.docs)
-
-    cols = ["label", RATE, "ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99", "itl_s.p99",
-            "throughput.requests_per_s", "throughput.output_tokens_per_s", "preemptions", "slo.attainment",
-            "usd_per_1m_output_tokens"]
-    print(df.sort_values(["label", RATE])[cols].to_string(index=False, float_format=lambda v: f"{v:.4g}"))
-    print("\nper layout: KV tokens per replica, highest rate meeting p99 TTFT <= 1 s and TPOT <= 50 ms, "
-          "peak output tokens/s")
-    for layout, sub in df.groupby("label"):
-        met = sub[sub["slo.met"].astype(bool)][RATE]
-        print(f"  {layout}: {int(sub['kv_tokens_per_replica'].iloc[0]):,} KV tokens/replica, "
-              f"max SLO rate {met.max() if len(met) else 'none'} req/s, "
-              f"peak {sub['throughput.output_tokens_per_s'].max():,.0f} tok/s "
-              f"(${sub['usd_per_1m_output_tokens'].min():.2f}/1M)")
+    layout_study(NAME, __doc__, "Mixtral-8x7B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
+                 rate_tick=8, argv=argv)
 
 
 if __name__ == "__main__":

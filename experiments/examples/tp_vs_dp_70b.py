@@ -32,7 +32,8 @@ def simulate(cfg, slo: SLO) -> dict:
     row = flatten({k: v for k, v in res.summary.items() if k not in ("replicas", "links")})
     row.update({f"slo.{k}": v for k, v in slo.evaluate(res.requests, res.summary).items()})
     dep = cfg.deployment
-    row["label"] = f"{dep.replicas} x TP{dep.parallelism.tp}"
+    ep = dep.parallelism.ep
+    row["label"] = f"{dep.replicas} x TP{dep.parallelism.tp}" + (f" EP{ep}" if ep > 1 else "")
     gpus = dep.replicas * dep.parallelism.tp
     usd_per_s = gpus * get_gpu(cfg.hardware.gpu).price_per_hour / 3600
     row["usd_per_1m_output_tokens"] = usd_per_s / res.summary["throughput"]["output_tokens_per_s"] * 1e6
@@ -43,9 +44,17 @@ def simulate(cfg, slo: SLO) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     """Run the study, print its table and write its chart."""
-    args = charts.study_parser(__doc__, f"out/{NAME}", f"also write docs/studies/{NAME}.png").parse_args(argv)
+    layout_study(NAME, __doc__, "Llama-3.1-70B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
+                 rate_tick=4, argv=argv)
 
-    df = run_points(HERE / f"{NAME}.yaml", simulate, workers=args.workers)
+
+def layout_study(name: str, doc: str, title: str, rate_tick: float, argv: list[str] | None = None) -> None:
+    """A study of ways to lay one model over the same GPUs (`name`.yaml beside this file: a zip of deployment
+    layouts against a grid of rates): the table, the chart (p99 TTFT, p99 TPOT, output throughput by layout) and
+    each layout's KV room, SLO-meeting rate and peak throughput. Shared by tp_vs_dp_70b and moe_dp_ep."""
+    args = charts.study_parser(doc, f"out/{name}", f"also write docs/studies/{name}.png").parse_args(argv)
+
+    df = run_points(HERE / f"{name}.yaml", simulate, workers=args.workers)
     args.out.mkdir(parents=True, exist_ok=True)
     df.to_csv(args.out / "results.csv", index=False)
 
@@ -53,12 +62,11 @@ def main(argv: list[str] | None = None) -> None:
                                group="label")
     fig.update_yaxes(type="log", col=1)
     fig.update_yaxes(title_text="seconds (log scale)", col=1)
-    fig.update_xaxes(title_text="offered rate (req/s)", type="linear", dtick=4)
+    fig.update_xaxes(title_text="offered rate (req/s)", type="linear", dtick=rate_tick)
     fig.add_hline(y=1.0, line_dash="dot", line_color="grey", col=1, annotation_text="SLO 1 s")
     fig.add_hline(y=0.05, line_dash="dot", line_color="grey", col=2, annotation_text="SLO 50 ms")
-    fig.update_layout(title="Llama-3.1-70B on one 8x H100 node (the same 8 GPUs in every layout), chat traffic",
-                      height=450, legend_title_text="layout")
-    charts.save_study_figure(fig, args.out, NAME, args.docs)
+    fig.update_layout(title=title, height=450, legend_title_text="layout")
+    charts.save_study_figure(fig, args.out, name, args.docs)
 
     cols = ["label", RATE, "ttft_s.p50", "ttft_s.p99", "tpot_s.p50", "tpot_s.p99", "itl_s.p99",
             "throughput.requests_per_s", "throughput.output_tokens_per_s", "preemptions", "slo.attainment",
