@@ -21,6 +21,7 @@ from policies.ordering import make_ordering
 from policies.speculative import make_speculator
 from policies.victims import make_victim
 from sim import registry
+from sim.collective_cost import check_ep_degree
 from sim.cost import CostModel
 from sim.engine import EngineConfig, ReplicaPolicies
 from sim.errors import ConfigError, DeploymentError
@@ -83,10 +84,7 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
 def _expert_parallel(par, tp: int) -> bool:
     """EP off (ep == 1), over the replica's TP GPUs (ep == tp > 1), or over the GPUs of several data-parallel
     replicas stepping in lockstep (ep == replicas x tp; the deployment checks the replica count)."""
-    if par.ep != 1 and par.ep % tp:
-        raise ConfigError(f"parallelism.ep={par.ep}: expert parallelism spreads the experts over the replica's TP "
-                          f"GPUs (ep: {tp}) or over those of data-parallel replicas (ep: replicas x {tp}); "
-                          f"use ep: 1, {tp} or a multiple of {tp}")
+    check_ep_degree(par.ep, tp, f"parallelism.ep={par.ep}")
     return par.ep > 1
 
 

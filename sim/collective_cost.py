@@ -96,6 +96,15 @@ def _expected_max_binomial(n: int, p: float, copies: int) -> float:
     return total
 
 
+def check_ep_degree(ep: int, tp: int, name: str) -> None:
+    """EP off (1), over a replica's TP GPUs (tp), or over data-parallel replicas of them (a multiple of tp); `name`
+    says which input gave it (a config key or a command-line flag) in the one-line error."""
+    if ep < 1 or (ep != 1 and ep % tp):
+        raise ConfigError(f"{name}: expert parallelism spreads the experts over the replica's {tp} GPUs (ep {tp}) "
+                          f"or over data-parallel replicas of them (a multiple of {tp}); use 1, {tp} or a multiple "
+                          f"of {tp}")
+
+
 def _validate_expert_parallel(model: ModelSpec, ep: int, skew: float) -> None:
     """EP spreads whole experts over its GPUs: a MoE model whose expert count the EP group divides."""
     if not model.is_moe:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .collective_cost import check_ep_degree
 from .cost import BatchShape, CostModel, OpCost
 from .energy import device_power_w, energy_per_token_j, is_unified_memory
 from .errors import ConfigError
@@ -143,9 +144,7 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
         shape, ctx_tokens, prompt_len = BatchShape.decode(batch, context), context + 1, 0
     else:
         raise ConfigError(f"--phase must be prefill or decode, got {phase!r}")
-    if ep < 1 or (ep > 1 and ep % tp):
-        raise ConfigError(f"--ep {ep}: experts spread over the replica's {tp} GPUs (--ep {tp}) or over data-parallel "
-                          f"replicas of them (a multiple of {tp}); use 1, {tp} or a multiple of {tp}")
+    check_ep_degree(ep, tp, f"--ep {ep}")
     if ep > 1 and offload is not None:
         raise ConfigError("--ep with --offload is not modelled; use one of them")
     cost = CostModel(spec, dev, tp=tp, weight_dtype=weight_dtype, kv_dtype=kv_dtype, engine=engine,

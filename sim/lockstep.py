@@ -55,7 +55,7 @@ class LockstepGroup:
             r._wake = wake                 # Replica.enqueue triggers it
         times = (r._wake_at(r) for r in self.ranks if r._wake_at is not None)
         wake_at = min((t for t in times if t is not None and t > env.now), default=None)
-        if wake_at is not None and wake_at > env.now:
+        if wake_at is not None:
             yield wake | env.timeout(wake_at - env.now)
         else:
             yield wake
@@ -125,7 +125,7 @@ class LockstepGroup:
                 step = bisect_left(ends, env.now)
                 at_work = env.now > clock and all(id(r) in working for r in receivers)
                 cut = step + (lag if at_work else 1)
-                target = min(target, max(cut, step + 1))
+                target = min(target, cut)
                 if target > len(ends):
                     price(target)
                 continue
