@@ -160,6 +160,11 @@ def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | Non
     out of the same memory."""
     if pp > 1 and cfg.speculative:
         raise ConfigError("speculative decoding with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
+    layers = cost.model.num_layers
+    if pp > layers:
+        # each stage holds whole layers (vLLM refuses more stages than layers)
+        raise DeploymentError(f"pp={pp} exceeds {cost.model.name}'s {layers} layers: each pipeline stage holds at "
+                              f"least one whole layer; use pp <= {layers}")
     speculator = make_speculator(cfg.speculative, cost, rng or np.random.default_rng(0)) if cfg.speculative else None
     max_model_len = cfg.engine.max_model_len or cost.model.max_position_embeddings
     e = cfg.engine

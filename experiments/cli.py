@@ -131,9 +131,14 @@ def sweep(
     from experiments.sweep import run_sweep
 
     res = run_sweep(sweep_file, out, executor=executor, workers=workers, report=not no_report, progress=progress)
-    typer.echo(f"{len(res.table)} points: ran {res.ran}, skipped {res.skipped} already done, "
-               f"{res.failed} failed; results in {out / 'results.parquet'}"
+    n = len(res.table)
+    typer.echo(f"{n} point{'' if n == 1 else 's'}: {res.ran} run now, {res.skipped} already done; "
+               f"{res.failed} failed in all; results in {out / 'results.parquet'}"
                + (f", report {res.report}" if res.report else ""))
+    if n and res.failed == n:
+        # nothing to compare: the sweep's input is wrong for every point (the errors are in results.csv)
+        first = res.table["error"].dropna()
+        raise ServesimError("every point of the sweep failed" + (f"; the first: {first.iloc[0]}" if len(first) else ""))
 
 
 @app.command()

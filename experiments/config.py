@@ -16,7 +16,7 @@ import yaml
 from pydantic import (AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveFloat, PositiveInt,
                       ValidationError, model_validator)
 
-from sim.errors import ConfigError
+from sim.errors import ConfigError, did_you_mean
 from policies.multimodal import MultimodalConfig
 from workloads.config import WorkloadConfig
 
@@ -392,12 +392,12 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
     for i, part in enumerate(parts):
         m = _INDEX.match(part)
         if not m:
-            raise ConfigError(f"--set {dotted!r}: cannot parse {part!r}; use keys like engine.max_num_seqs or "
+            raise ConfigError(f"key {dotted!r}: cannot parse {part!r}; use keys like engine.max_num_seqs or "
                               f"workload.stages[0].rate")
         key, idx = m.group(1), [int(x) for x in re.findall(r"\[(\d+)\]", m.group(2))]
         last = i == len(parts) - 1
         if not isinstance(node, dict):
-            raise ConfigError(f"--set {dotted!r}: {'.'.join(parts[:i])} is not a mapping")
+            raise ConfigError(f"key {dotted!r}: {'.'.join(parts[:i])} is not a mapping")
         if not idx:
             if last:
                 node[key] = value
@@ -409,7 +409,8 @@ def set_dotted(data: dict, dotted: str, value: Any) -> None:
         seq = node.get(key)
         for j, k in enumerate(idx):
             if not isinstance(seq, list) or k >= len(seq):
-                raise ConfigError(f"--set {dotted!r}: {key} has no item [{k}]")
+                n = len(seq) if isinstance(seq, list) else 0
+                raise ConfigError(f"key {dotted!r}: {key} has no item [{k}]; it has {n} (numbered from 0)")
             if last and j == len(idx) - 1:
                 seq[k] = value
                 return
@@ -430,14 +431,22 @@ def parse_override(item: str) -> tuple[str, Any]:
 
 
 def format_validation_error(exc: ValidationError) -> str:
-    """One line: the first offending field, what is wrong, and how to fix it."""
-    err = exc.errors()[0]
+    """One line: the first offending field, what is wrong, and how to fix it.
+
+    An unknown key is reported before anything else: a misspelt key usually also leaves a required one missing,
+    and the misspelling is the fix (with the missing key as its likely correction)."""
+    errors = exc.errors()
+    extras = [e for e in errors if e["type"] == "extra_forbidden"]
+    err = extras[0] if extras else errors[0]
     loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("function-after",)))
     kind = err["type"]
     if not loc:
         return f"config: {err['msg'].removeprefix('Value error, ')}"
     if kind == "extra_forbidden":
-        return f"config key {loc!r} is not known; remove it or check its spelling (see `servesim schema`)"
+        parent = err["loc"][:-1]
+        siblings = [str(e["loc"][-1]) for e in errors if e["type"] == "missing" and e["loc"][:-1] == parent]
+        hint = did_you_mean(str(err["loc"][-1]), siblings)
+        return f"config key {loc!r} is not known{hint}; remove it or check its spelling (see `servesim schema`)"
     if kind == "missing":
         return f"config key {loc!r} is required; add it"
     if kind == "union_tag_invalid":

@@ -109,6 +109,18 @@ class _AttemptLog:
         return len(self.log)
 
 
+def reads_kv(plugin) -> bool:
+    """Whether a router or autoscaler reads the replicas' KV state (``kv.usage``, ``prefix_hits``), in which case the
+    replicas must not fast-forward across KV block boundaries (sim.engine.Replica.kv_observed) for the run to stay
+    exact. A plugin says so with a ``reads_kv`` attribute, as the built-in ones that read it do. A user plugin without
+    one is assumed to read it: exact by default, and ``reads_kv = False`` on a plugin that only counts requests gets
+    the full fast-forward back."""
+    flag = getattr(plugin, "reads_kv", None)
+    if flag is None:
+        return not getattr(plugin, "__module__", "").startswith("policies.")
+    return bool(flag)
+
+
 class Deployment:
     """Build the pools of a config on its cluster, and route requests through them (and its front-end stages)."""
 
@@ -182,7 +194,7 @@ class Deployment:
                 self.lockstep = LockstepGroup(env, replicas, fast=mode == "fast")
             router_name = self._router_name(name)
             router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
-            if len(replicas) > 1 and getattr(registry.get("router", router_name), "reads_kv", False):
+            if len(replicas) > 1 and reads_kv(registry.get("router", router_name)):
                 for rep in replicas:
                     rep.kv_observed = True
             self.pools.append(Pool(name, plan, replicas, router, replicas, cost.model.name))
@@ -284,7 +296,7 @@ class Deployment:
         per_replica = len(self.replicas) // a.max_replicas                  # pp virtual engines share a replica
         if per_replica != 1:
             raise ConfigError("autoscaling with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
-        if getattr(registry.get("autoscaler", a.policy), "reads_kv", False):
+        if reads_kv(registry.get("autoscaler", a.policy)):
             for rep in pool.replicas:
                 rep.kv_observed = True
         self.scaler = ScalingController(

@@ -69,9 +69,16 @@ def deployment_sections(dep: Deployment, records: dict, sim_time: float) -> dict
     if any(r.spec is not None for r in dep.replicas):
         accepted = sum(r.steps.accepted_tokens for r in dep.replicas)
         spec_steps = sum(r.steps.spec_steps for r in dep.replicas)
+        from policies.speculative import alpha_for_mean_accepted
+
+        k = next(r.spec.k for r in dep.replicas if r.spec is not None)
+        mean_accepted = accepted / spec_steps if spec_steps else 0.0
+        # vLLM's 'draft acceptance rate' (accepted / drafted) is not the config's per-token acceptance_rate (alpha):
+        # alpha is what reproduces this run's mean accepted length, and is the value to feed back into a config
         out["speculative"] = {"draft_tokens": drafted, "accepted_tokens": accepted,
-                              "acceptance_rate": accepted / drafted if drafted else 0.0,
-                              "mean_tokens_per_step": (accepted + spec_steps) / spec_steps if spec_steps else 0.0}
+                              "draft_acceptance_rate": accepted / drafted if drafted else 0.0,
+                              "per_token_alpha": alpha_for_mean_accepted(min(mean_accepted, k), k) if spec_steps else 0.0,
+                              "mean_tokens_per_step": 1 + mean_accepted if spec_steps else 0.0}
     for stage in dep.stages:
         summary = getattr(stage, "summary", None)
         if summary is not None:
@@ -93,10 +100,9 @@ def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
     for pool in dep.pools:
         per_placement: dict[int, list] = {}
         for rep in pool.replicas:
-            per_placement.setdefault(id(rep.placement), [rep.placement, []])[1].append(rep.steps.busy_s)
-        gpus = sum(len(p.gpus) for p, _ in per_placement.values())
-        # a placement's GPUs are busy while any of its virtual engines steps (their steps share the stages)
-        busy = sum(len(p.gpus) * min(sum(b), sim_time) for p, b in per_placement.values()) / gpus if gpus else 0.0
+            per_placement.setdefault(id(rep.placement), [rep.placement, [], rep.pipeline])[1].append(rep.steps.busy_s)
+        gpus = sum(len(p.gpus) for p, _, _ in per_placement.values())
+        busy = sum(len(p.gpus) * _busy_s(b, pipe, sim_time) for p, b, pipe in per_placement.values()) / gpus if gpus else 0.0
         parts.append(energy_summary(pool.plan.cost.gpu.tdp_w, gpus, busy, sim_time, tokens))
     if len(parts) == 1:
         return parts[0]
@@ -115,6 +121,15 @@ def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
                                            if out["allocated_energy_j"] is not None and tokens else None)
     out["pools"] = {pool.name: part for pool, part in zip(dep.pools, parts)}
     return out
+
+
+def _busy_s(engine_busy: list[float], pipeline, sim_time: float) -> float:
+    """Mean busy time of one placement's GPUs. Under pipeline parallelism each stage's GPUs work only on their own
+    part of every step (the stages' own busy times; the virtual engines' steps span all stages and overlap); without
+    it, the GPUs are busy while the replica steps."""
+    if pipeline is not None:
+        return sum(pipeline.busy_s) / len(pipeline.busy_s)
+    return min(sum(engine_busy), sim_time)
 
 
 def request_columns(dep: Deployment, records: dict) -> None:

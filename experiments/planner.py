@@ -15,6 +15,7 @@ A plan file::
     slo: {ttft_s: 1.0, tpot_s: 0.05}          # p99 TTFT <= 1 s and p99 TPOT <= 50 ms
     # slo: {ttft_s: 1.0, tpot_s: 0.05, goodput: 0.99}   # or: >= 99% of requests meet both
     target_rate: 40                           # req/s the deployment must serve
+    max_utilization: 0.8                      # optional headroom: each replica at <= 80% of its capacity
     gpus: [h100-sxm-80gb, {name: h200-sxm-141gb, price_per_hour: 3.5}]
     tp: [2, 4, 8]
     policies: {default: {}, chunk-512: {engine.max_num_batched_tokens: 512}}
@@ -33,8 +34,8 @@ bisect/brentq return a point inside the bracket, not its feasible end, so we bis
 
 Replicas are simple multiples: R replicas at total rate X are taken to behave like one replica
 at X/R (perfect load balancing, no router imbalance or cross-replica cache effects). The
-cheapest deployment of a candidate for the target rate is ceil(target / max rate) replicas of
-TP GPUs each; its latency is simulated at target / R per replica. Cost is GPUs x price per
+cheapest deployment of a candidate for the target rate is ceil(target / (max rate x max_utilization))
+replicas of TP GPUs each; its latency is simulated at target / R per replica. Cost is GPUs x price per
 GPU-hour (catalogue `price_per_hour`, or the plan's override); cost per million output tokens
 divides it by the output tokens served per hour at the target rate.
 """
@@ -49,7 +50,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
+                      model_validator)
 
 from sim.errors import ConfigError, DeploymentError, ServesimError
 
@@ -183,7 +185,10 @@ class PlanSpec(_Model):
                                                     "replaced by one stage at the probed rate.")
     slo: SLO = Field(description="The latency targets.")
     target_rate: PositiveFloat = Field(description="Total request rate (req/s) the deployment must serve.")
-    gpus: list[str | GPUChoice] = Field(min_length=1, description="Candidate GPUs.")
+    max_utilization: float = Field(
+        1.0, gt=0, le=1, description="Headroom: size deployments so each unit runs at most this fraction of the "
+                                     "capacity found (e.g. 0.8 keeps 20% for bursts and the model's error).")
+    gpus: list[GPUChoice] = Field(min_length=1, description="Candidate GPUs: names, or {name, price_per_hour}.")
     tp: list[PositiveInt] = Field(default_factory=lambda: [1], min_length=1, description="Candidate TP degrees.")
     ep_groups: list[NonNegativeInt] = Field(
         default_factory=lambda: [0], min_length=1,
@@ -203,6 +208,13 @@ class PlanSpec(_Model):
                                               "if it meets the SLOs under every one, so a lucky draw near the "
                                               "capacity knee cannot pass it (costs this many runs per probe).")
     latency_metric: str = Field("e2e_s.p99", description="Latency axis of the Pareto frontier (a summary metric).")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpu_names(cls, v: Any) -> Any:
+        # a bare name is the common case; turning it into {name: ...} first keeps a mistake in a mapping entry
+        # reported against that entry's own key (price_per_hour, an unknown key) instead of a union's alternatives
+        return [{"name": g} if isinstance(g, str) else g for g in v] if isinstance(v, list) else v
 
 
 def load_plan(source: str | Path | dict) -> tuple[PlanSpec, dict]:
@@ -264,8 +276,7 @@ def candidates(spec: PlanSpec) -> list[Candidate]:
     from sim.hardware import get_gpu
 
     out = []
-    for g in spec.gpus:
-        choice = GPUChoice(name=g) if isinstance(g, str) else g
+    for choice in spec.gpus:
         gpu = get_gpu(choice.name)                     # an unknown name fails here, in one line
         price = choice.price_per_hour if choice.price_per_hour is not None else gpu.price_per_hour
         for tp in spec.tp:
@@ -408,8 +419,8 @@ def search_max_rate(config: dict, slo: SLO, duration_s: float, *, initial_rate: 
                 break
     else:
         hi = r
-        while hi / 2 >= min_rate:
-            nxt = hi / 2
+        while hi > min_rate:
+            nxt = max(hi / 2, min_rate)         # the floor itself is the last rate tried
             if feasible(nxt):
                 lo = nxt
                 break
@@ -444,10 +455,10 @@ def evaluate_candidate(task: dict) -> dict:
         return {"row": row, "probes": []}
     row.update(max_rate_per_replica=lo, infeasible_rate=hi if math.isfinite(hi) else None, probes=len(probes))
     if lo <= 0:
-        row.update(status="misses SLO", error=f"misses the SLOs even at {task['min_rate']:.3g} req/s")
+        row.update(status="misses SLO", error=f"even at {task['min_rate']:.3g} req/s, the lowest rate probed")
     else:
         target = task["target_rate"]
-        replicas = max(1, math.ceil(target / lo - 1e-9))
+        replicas = max(1, math.ceil(target / (lo * task.get("max_utilization", 1.0)) - 1e-9))
         per_replica = target / replicas
         dep = probes.get(per_replica) or probe(task["config"], per_replica, task["duration_s"], slo,
                                                task.get("seeds", 1))
@@ -505,19 +516,21 @@ def _probe_note(spec: PlanSpec) -> str:
 def plan(source: str | Path | dict, out_dir: str | Path | None = None, *, executor: str = "local",
          workers: int | None = None, report: bool = True) -> PlanResult:
     """Answer a plan file: search every candidate, price deployments, pick the cheapest."""
-    from .sweep import execute
+    from .sweep import check_executor, execute
 
     spec, base = load_plan(source)
+    check_executor(executor)
     cands = candidates(spec)
     min_rate = spec.min_requests / spec.probe_duration_s
     tasks = []
     for i, cand in enumerate(cands):
         cfg = candidate_config(base, spec, cand)
-        _validate(with_rate(cfg, 1.0, spec.probe_duration_s), cand)
+        _check_buildable(with_rate(cfg, 1.0, spec.probe_duration_s), cand)
         tasks.append((i, ({"candidate": cand.__dict__, "config": cfg, "slo": spec.slo.model_dump(mode="json"),
                            "duration_s": spec.probe_duration_s, "initial_rate": spec.initial_rate,
                            "max_rate": spec.max_rate, "min_rate": min_rate, "rtol": spec.rate_tolerance,
-                           "target_rate": spec.target_rate, "seeds": spec.seeds},)))
+                           "target_rate": spec.target_rate, "max_utilization": spec.max_utilization,
+                           "seeds": spec.seeds},)))
     results: dict[int, dict] = {}
     for i, res in execute(evaluate_candidate, tasks, executor, workers):
         if isinstance(res, BaseException):
@@ -533,13 +546,28 @@ def plan(source: str | Path | dict, out_dir: str | Path | None = None, *, execut
     return result
 
 
-def _validate(config: dict, cand: Candidate) -> None:
+def _check_buildable(config: dict, cand: Candidate) -> None:
+    """Validate a candidate's config and build its deployment and workload once, without simulating, so a misspelt
+    model, policy or scheduler name stops the plan in one line (exit 2) instead of failing every candidate. A
+    deployment that cannot exist (does not fit, TP does not divide the heads) is that candidate's verdict, reported
+    in its row, not an error of the plan."""
+    import simpy
+
+    from sim.engine import RequestLog
+    from workloads.build import build_workload
+
     from .config import validate_config
+    from .deployment import Deployment
 
     try:
-        validate_config(config)
-    except ConfigError as exc:
-        raise ConfigError(f"candidate {cand.label}: {exc}") from None
+        cfg = validate_config(config)
+        dep = Deployment(cfg, simpy.Environment(), np.random.SeedSequence(cfg.seed), RequestLog(), mode=cfg.sim.mode)
+        build_workload(cfg.workload, np.random.SeedSequence(cfg.seed),
+                       max_model_len=min(p.plan.max_model_len for p in dep.pools))
+    except DeploymentError:
+        return
+    except ServesimError as exc:
+        raise ConfigError(f"candidate {cand.label}: {' '.join(str(exc).split())}") from None
 
 
 def _unit(row) -> str:
@@ -569,28 +597,32 @@ def _rank(table: pd.DataFrame, latency: str) -> pd.DataFrame:
 def recommend(table: pd.DataFrame, spec: PlanSpec) -> str:
     """One paragraph: the cheapest deployment, the runner-up, the fastest on the frontier, the caveats."""
     slo = spec.slo.describe()
-    ok = table[table["status"].astype(str).str.startswith("ok") & table["usd_per_hour"].notna()]
+    status = table["status"].astype(str)
+    served = table[status.str.startswith("ok")]
+    ok = served[served["usd_per_hour"].notna()]
+    unpriced = served[served["usd_per_hour"].isna()]
+    bad = table[~status.str.startswith("ok")]
     if not len(ok):
-        unpriced = table[table["status"].astype(str).str.startswith("ok")]
         if len(unpriced):
             best = unpriced.sort_values("gpus").iloc[0]
             return (f"No candidate has a price; by GPU count the smallest deployment for {spec.target_rate:g} req/s "
                     f"under {slo} is {int(best['replicas'])} x {best['candidate']} ({_gpus(best['gpus'])}). "
-                    f"Set price_per_hour to compare costs. {ASSUMPTION}")
-        return (f"No candidate meets {slo} at any probed rate (see the status column); relax the SLOs, add "
-                f"larger TP or faster GPUs. {_probe_note(spec)}")
+                    f"Set price_per_hour to compare costs.{_ruled_out(bad)} {ASSUMPTION}")
+        if not (status == "misses SLO").any():
+            return f"No candidate could be simulated.{_ruled_out(bad)}"
+        return (f"No candidate meets {slo} at any probed rate; relax the SLOs, add larger TP or faster GPUs."
+                f"{_ruled_out(bad)} {_probe_note(spec)}")
     best = ok.iloc[0]
-    q = f"p{spec.slo.percentile:g}"
-    lat = []
-    for m in ("ttft_s", "tpot_s"):
-        v = best.get(f"{m}.{q}", best.get(f"{m}.p99"))
-        if v is not None and not pd.isna(v):
-            lat.append(f"{q} {_NAMES[m]} {_fmt_s(float(v))}")
+    lat = [f"{label} {_NAMES[m]} {_fmt_s(v)}" for m in ("ttft_s", "tpot_s")
+           for label, v in [_at_percentile(best, m, spec.slo.percentile)] if v is not None]
+    capped = str(best["status"]) != "ok"
+    sustains = (f"sustains at least {best['max_rate_per_replica']:.3g} req/s within the SLOs (the plan's max_rate, "
+                f"which stopped the search; raise it to find the real capacity)" if capped else
+                f"sustains up to {best['max_rate_per_replica']:.3g} req/s within the SLOs")
     text = (f"For {spec.target_rate:g} req/s under {slo}, the cheapest deployment is {int(best['replicas'])} x "
             f"{best['candidate']} ({_gpus(best['gpus'])}) at ${best['usd_per_hour']:.2f}/hour, "
-            f"${best['usd_per_1m_output_tokens']:.3f} per 1M output tokens. Each {_unit(best)} sustains up to "
-            f"{best['max_rate_per_replica']:.3g} req/s within the SLOs, so at the target it runs at "
-            f"{best['utilization']:.0%} of that" + (f" with {' and '.join(lat)}" if lat else "") + ".")
+            f"${best['usd_per_1m_output_tokens']:.3f} per 1M output tokens. Each {_unit(best)} {sustains}, so at the "
+            f"target it runs at {best['utilization']:.0%} of that" + (f" with {' and '.join(lat)}" if lat else "") + ".")
     if len(ok) > 1:
         second = ok.iloc[1]
         extra = second["usd_per_hour"] / best["usd_per_hour"] - 1
@@ -605,10 +637,32 @@ def recommend(table: pd.DataFrame, spec: PlanSpec) -> str:
                          f"{int(fastest['replicas'])} x "
                          f"{fastest['candidate']} gives {float(fastest[metric]):.3g} s vs "
                          f"{float(best[metric]):.3g} s for ${fastest['usd_per_hour']:.2f}/hour.")
-    bad = table[~table["status"].astype(str).str.startswith("ok")]
-    if len(bad):
-        text += f" Ruled out: {', '.join(f'{r.candidate} ({r.status})' for r in bad.itertuples())}."
-    return text + " " + ASSUMPTION + " " + _probe_note(spec)
+    if len(unpriced):
+        text += (" Not priced, so not compared (set price_per_hour): "
+                 + ", ".join(f"{int(r.replicas)} x {r.candidate} ({_gpus(r.gpus)})" for r in unpriced.itertuples())
+                 + ".")
+    return text + _ruled_out(bad) + " " + ASSUMPTION + " " + _probe_note(spec)
+
+
+def _at_percentile(row, metric: str, q: float) -> tuple[str, float | None]:
+    """(label, seconds) of a latency at the SLO's percentile, or at p99 (labelled so) when the row lacks it."""
+    for label in (f"p{q:g}", "p99"):
+        v = row.get(f"{metric}.{label}")
+        if v is not None and not pd.isna(v):
+            return label, float(v)
+    return f"p{q:g}", None
+
+
+def _ruled_out(bad: pd.DataFrame) -> str:
+    """' Ruled out: a (does not fit: why), b (misses SLO).' or ''."""
+    if not len(bad):
+        return ""
+    parts = []
+    for r in bad.itertuples():
+        why = getattr(r, "error", None)
+        why = "" if why is None or (isinstance(why, float) and math.isnan(why)) else f": {why}"
+        parts.append(f"{r.candidate} ({r.status}{why[:160] + ('...' if len(why) > 160 else '')})")
+    return " Ruled out: " + "; ".join(parts) + "."
 
 
 # ----------------------------------------------------------------------------- output
@@ -630,6 +684,9 @@ def write_plan(result: PlanResult, out_dir: str | Path, report: bool = True) -> 
         result.probes.to_csv(files["probes"], index=False)
     if report:
         files["html"] = plan_report(result).write(out / "plan.html")
+    for name in ("probes.csv", "plan.html"):       # an earlier plan's files would read as this plan's
+        if out / name not in files.values():
+            (out / name).unlink(missing_ok=True)
     return files
 
 
@@ -646,7 +703,9 @@ def plan_report(result: PlanResult):
     rep.heading("Recommendation")
     rep.paragraph(result.recommendation)
     rep.heading("Candidates")
-    rep.table(table, TABLE_COLUMNS)
+    q = f"p{spec.slo.percentile:g}"       # latencies at the SLO's percentile where the probes measured it
+    rep.table(table, [c.replace(".p99", f".{q}") if c.endswith(".p99") and c.replace(".p99", f".{q}") in table
+                      else c for c in TABLE_COLUMNS])
     ok = table[table["status"].astype(str).str.startswith("ok")]
     if len(ok):
         if ok["usd_per_hour"].notna().any():
@@ -667,6 +726,15 @@ def plan_report(result: PlanResult):
     return rep
 
 
+def _latency_columns(table: pd.DataFrame, q: float) -> list[tuple[str, str]]:
+    """(header, column) of TTFT and TPOT at the SLO's percentile where the table has it, else at p99."""
+    out = []
+    for m in ("ttft_s", "tpot_s"):
+        label = f"p{q:g}" if f"{m}.p{q:g}" in table.columns and table[f"{m}.p{q:g}"].notna().any() else "p99"
+        out.append((f"{label} {_NAMES[m]} s", f"{m}.{label}"))
+    return out
+
+
 def print_plan(result: PlanResult) -> None:
     """Print the candidates table and the recommendation to the terminal."""
     from rich.console import Console
@@ -678,10 +746,10 @@ def print_plan(result: PlanResult) -> None:
                     f"{result.spec.slo.describe()}")
     cols = [("candidate", "candidate"), ("status", "status"), ("max req/s/replica", "max_rate_per_replica"),
             ("replicas", "replicas"), ("GPUs", "gpus"), ("$/hour", "usd_per_hour"),
-            ("$/1M out tok", "usd_per_1m_output_tokens"), ("p99 TTFT s", "ttft_s.p99"),
-            ("p99 TPOT s", "tpot_s.p99"), ("Pareto", "pareto")]
+            ("$/1M out tok", "usd_per_1m_output_tokens"),
+            *_latency_columns(result.table, result.spec.slo.percentile), ("Pareto", "pareto")]
     for name, _ in cols:
-        t.add_column(name, no_wrap=name == "candidate", overflow="fold")
+        t.add_column(name, no_wrap=True)
     for row in result.table.to_dict("records"):
         cells = []
         for _, key in cols:
@@ -698,5 +766,7 @@ def print_plan(result: PlanResult) -> None:
                 cells.append(fmt(v))
         t.add_row(*cells)
     console = Console()
+    if not console.is_terminal:
+        console = Console(width=200)     # piped or logged: no 80-column default splitting numbers across lines
     console.print(t)
     console.print(result.recommendation, soft_wrap=True)

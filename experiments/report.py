@@ -233,15 +233,20 @@ def sweep_report(table: pd.DataFrame, factors: list[str], title: str = "servesim
             rep.heading("Latency vs throughput")
             rep.figure(charts.latency_throughput_figure(ok, group=group, hover="run_id"), height=420)
         if slo and "slo.attainment" in ok.columns:
-            rate = next((f for f in numeric if "rate" in f), None)
-            if rate:
-                from .planner import SLO
+            from .planner import SLO
 
+            rate = next((f for f in numeric if "rate" in f), None)
+            rep.heading("SLO attainment and goodput")
+            rep.paragraph("SLO: " + SLO.model_validate(slo).describe())
+            if rate:
                 group = next((f for f in varying if f != rate), None)
-                rep.heading("SLO attainment and goodput")
-                rep.paragraph("SLO: " + SLO.model_validate(slo).describe())
                 rep.figure(charts.slo_attainment_figure(ok, rate=rate, attainment="slo.attainment",
                                                         goodput="slo.goodput_rps", group=group), height=420)
+            elif varying:                  # no rate factor: attainment against what the sweep varies
+                x = numeric[0] if numeric else varying[0]
+                rep.figure(charts.factor_figure(ok, x, metrics=("slo.attainment", "slo.goodput_rps"),
+                                                group=next((f for f in varying if f != x), None)), height=420)
+            rep.table(ok, ["run_id", *factors, "slo.met", "slo.attainment", "slo.goodput_rps"])
     if failed:
         rep.heading("Failed runs")
         rep.table(table[table["status"] != "ok"], ["run_id", *factors, "error"])

@@ -161,7 +161,9 @@ def run(config: RunConfig | dict | str | Path, overrides: list[str] | None = Non
                              "ep": getattr(serving.plan.cost, "ep_size", 1),
                              "weight_dtype": cost.weight_dtype, "kv_dtype": cost.kv_dtype,
                              "engine_profile": cost.engine.name, "scheduler": cfg.scheduler,
-                             "max_model_len": max_model_len, "replicas": len(dep.replicas),
+                             "max_model_len": max_model_len, "replicas": len({id(r.placement) for r in dep.replicas}),
+                             "pp": max((r.pipeline.stages for r in dep.replicas if r.pipeline is not None), default=1),
+                             "engines": len(dep.replicas),
                              "gpus": sum(len(p.gpus) for p in dep.placements)}
     summary.update(deployment_sections(dep, records, sim_time))
     requests = pd.DataFrame(records)

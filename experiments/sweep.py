@@ -195,11 +195,36 @@ def simulate(config: dict, slo: dict | None = None, keep_requests: bool = True) 
         summary = result.summary
         if slo is not None:
             summary["slo"] = SLO.model_validate(slo).evaluate(result.requests, summary)
+            summary[SLO_SPEC_KEY] = slo
         return {"status": "ok", "summary": summary,
                 "requests": result.requests if keep_requests else None,
                 "steps": result.steps, "timeseries": result.timeseries}
     except Exception as exc:  # noqa: BLE001 - recorded per run, the sweep goes on
         return {"status": "failed", "error": _one_line(exc), "traceback": traceback.format_exc()}
+
+
+SLO_SPEC_KEY = "slo_spec"   # the SLO a run's `slo` verdict was judged against (kept in summary.json, not a column)
+
+
+def _refresh_slo(run_dir: Path, slo: dict | None) -> bool:
+    """Bring a finished run's SLO verdict in line with the sweep's current SLO; False when it must run again.
+
+    The SLO is not part of a run's config (nor of its hash), so a resumed sweep with a changed `slo:` finds runs
+    judged against the old one: they are re-judged from their requests.parquet, or re-run when it was not kept."""
+    path = run_dir / "summary.json"
+    summary = json.loads(path.read_text())
+    if summary.get(SLO_SPEC_KEY) == slo and (slo is not None or "slo" not in summary):
+        return True
+    summary.pop("slo", None)
+    summary.pop(SLO_SPEC_KEY, None)
+    if slo is not None:
+        requests = run_dir / "requests.parquet"
+        if not requests.exists():
+            return False
+        summary["slo"] = SLO.model_validate(slo).evaluate(pd.read_parquet(requests), summary)
+        summary[SLO_SPEC_KEY] = slo
+    _write_text(path, json.dumps(summary, indent=2))
+    return True
 
 
 def _one_line(exc: BaseException) -> str:
@@ -215,13 +240,18 @@ def execute(fn: Callable, tasks: list[tuple[Any, tuple]], executor: str = "local
     or the cluster in RAY_ADDRESS) or ``ray://host:port``. An exception raised by ``fn`` or a lost
     worker is yielded as the result (an Exception instance) rather than raised.
     """
+    check_executor(executor)
     if not tasks:
         return
     if executor == "local":
         yield from _execute_local(fn, tasks, workers)
-    elif executor == "ray" or executor.startswith("ray://"):
-        yield from _execute_ray(fn, tasks, None if executor == "ray" else executor, workers)
     else:
+        yield from _execute_ray(fn, tasks, None if executor == "ray" else executor, workers)
+
+
+def check_executor(executor: str) -> None:
+    """Refuse an unknown executor name before any work or file is made."""
+    if executor not in ("local", "ray") and not executor.startswith("ray://"):
         raise ConfigError(f"--executor {executor!r}: use local, ray or ray://host:port")
 
 
@@ -317,6 +347,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
               workers: int | None = None, report: bool = True, progress: bool | None = None) -> SweepResult:
     """Run (or resume) a sweep into `out_dir`; see the module docstring."""
     spec, base, text = load_sweep(source)
+    check_executor(executor)
     out = Path(out_dir)
     runs_dir = out / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True)
@@ -343,7 +374,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
         run_dir = runs_dir / rid
         if rid in todo:
             continue
-        if (run_dir / "summary.json").exists():
+        if (run_dir / "summary.json").exists() and _refresh_slo(run_dir, slo):
             skipped += 1
             continue
         run_dir.mkdir(exist_ok=True)
@@ -352,6 +383,8 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
         (run_dir / "error.json").unlink(missing_ok=True)
         todo[rid] = (config_dict, trace)
 
+    if invalid and len(invalid) == len(set(ids)):
+        raise ConfigError(f"every point of the sweep is invalid; the first: {next(iter(invalid.values()))}")
     tasks = [(rid, (cfg, slo, spec.save_requests)) for rid, (cfg, _) in todo.items()]
     ran = failed = 0
     bar = _ProgressBar(len(tasks), progress)
@@ -414,7 +447,9 @@ def results_table(points: list[dict], ids: list[str], runs_dir: Path, factors: l
                 rec.update(status="failed", error=invalid[rid])
             elif summary_file.exists():
                 rec.update(status="ok", error=None)
-                rec.update(flatten(json.loads(summary_file.read_text())))
+                summary = json.loads(summary_file.read_text())
+                summary.pop(SLO_SPEC_KEY, None)
+                rec.update(flatten(summary))
             elif error_file.exists():
                 rec.update(status="failed", error=json.loads(error_file.read_text())["error"])
             else:

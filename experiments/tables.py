@@ -110,8 +110,11 @@ def print_replications(rep: dict) -> None:
 def print_summary(s: dict, out=None) -> None:
     """The readable version of summary.json."""
     d = s["deployment"]
-    replicas, ep = d.get("replicas", 1), d.get("ep", 1)
-    layout = f"{replicas} x TP{d['tp']} {d['gpu']}" if replicas > 1 else f"{d['tp']}x {d['gpu']}"
+    replicas, ep, pp = d.get("replicas", 1), d.get("ep", 1), d.get("pp", 1)
+    if replicas > 1 or pp > 1:
+        layout = f"{replicas} x TP{d['tp']}" + (f" PP{pp}" if pp > 1 else "") + f" {d['gpu']}"
+    else:
+        layout = f"{d['tp']}x {d['gpu']}"
     table = Table(title=f"{d['model']} on {layout}" + (f", EP{ep}" if ep > 1 else "")
                         + f" ({d['scheduler']} scheduler)")
     for c in ("metric", "mean", "p50", "p90", "p99"):

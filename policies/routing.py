@@ -11,6 +11,8 @@ What a router may read of a replica: ``index``, ``outstanding`` (waiting + runni
 ``running`` (sized), ``kv.usage`` (0 to 1) and ``prefix_hits(request)`` (cached prompt tokens; the
 request's block hashes are set before routing). Ties go to the lowest position in `replicas` (in
 ``power_of_two`` to the first of its two random probes), so a run is reproducible from its seed.
+A router that reads KV state says so with ``reads_kv = True`` (one of the user's is assumed to unless it
+says ``reads_kv = False``; experiments.deployment.reads_kv), so the replicas stay exact under fast-forward.
 """
 from __future__ import annotations
 

@@ -205,9 +205,19 @@ def test_pipeline_shows_bubbles_at_small_batch_and_fills_under_load():
         r = run(base(wl, parallelism={"tp": 1, "pp": 2}))
         complete(r)
         out[rate] = r.summary["pipeline"]["stage_utilisation"][0]
-        assert r.summary["deployment"]["gpus"] == 2 and len(r.summary["replicas"]) == 2   # 2 virtual engines
+        d = r.summary["deployment"]
+        assert (d["gpus"], d["replicas"], d["pp"], d["engines"]) == (2, 1, 2, 2)   # one replica, 2 virtual engines
+        assert len(r.summary["replicas"]) == 2
+        # energy charges each stage's GPUs for that stage's own busy time, not for every engine's whole step
+        assert r.summary["energy"]["utilization"] == pytest.approx(sum(out[rate]) / 2, rel=1e-3)
     assert max(out[0.5]) < 0.5, out
     assert min(out[20.0]) > 0.8, out
+
+
+def test_a_pipeline_deeper_than_the_model_is_refused():
+    wl = {"type": "poisson", "stages": [{"rate": 1, "duration_s": 5}], "input_len": 100, "output_len": 20}
+    with pytest.raises(DeploymentError, match=r"pp=64 exceeds llama-3.1-8b's 32 layers.*use pp <= 32"):
+        run(base(wl, parallelism={"tp": 1, "pp": 64}, cluster={"nodes": 8}))
 
 
 def test_pipeline_stages_hold_a_share_of_the_weights():

@@ -32,8 +32,8 @@ CONFIG = {
         "stages": [{"rate": 12, "duration_s": 40}],
         "input_len": {"dist": "lognormal", "mean": 1500, "sigma": 0.5, "max": 4000},
         "output_len": {"dist": "lognormal", "mean": 300, "sigma": 0.5, "max": 1000},
-        "classes": [{"tenant": "interactive", "priority": 1, "weight": 1},
-                    {"tenant": "batch", "priority": 0, "weight": 3}],
+        "classes": [{"tenant": "interactive", "priority": 0, "weight": 1},
+                    {"tenant": "batch", "priority": 1, "weight": 3}],
     },
     "seed": 3,
 }

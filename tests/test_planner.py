@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from experiments import planner
-from experiments.planner import SLO, load_plan, probe_config, search_max_rate
+from experiments.planner import SLO, PlanSpec, load_plan, probe_config, search_max_rate
 from experiments.runner import run
 from sim.errors import CatalogError, ConfigError
 from tests.paths import ROOT, SERVESIM
@@ -90,6 +90,84 @@ def test_search_edges(monkeypatch):
     assert search_max_rate({}, SLO(ttft_s=1), 100, max_rate=50)[:2] == (50, math.inf)
 
 
+def test_search_tries_the_lowest_rate_itself_before_ruling_a_candidate_out(monkeypatch):
+    # halving 5 -> 2.5 -> 1.25 would skip the floor (1.67); a capacity of 1.8 lies between the two
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s, n=1: {"rate": r, "met": r <= 1.8})
+    lo, hi, probes = search_max_rate({}, SLO(ttft_s=1), 30, initial_rate=5, min_rate=50 / 30, rtol=0.02)
+    assert min(probes) == pytest.approx(50 / 30) and 50 / 30 <= lo <= 1.8 < hi
+    monkeypatch.setattr(planner, "probe", lambda c, r, d, s, n=1: {"rate": r, "met": False})
+    lo, _, probes = search_max_rate({}, SLO(ttft_s=1), 30, initial_rate=5, min_rate=50 / 30)
+    assert lo == 0.0 and min(probes) == pytest.approx(50 / 30)   # ruled out at the floor, which was simulated
+
+
+def test_plan_file_mistakes_name_the_key_and_the_fix():
+    with pytest.raises(ConfigError, match=r"'target_rte' is not known \(did you mean target_rate\?\)"):
+        load_plan({**{k: v for k, v in PLAN.items() if k != "target_rate"}, "target_rte": 50})
+    with pytest.raises(ConfigError, match=r"'gpus\.0\.price_per_hour': Input should be greater than 0"):
+        load_plan({**PLAN, "gpus": [{"name": "h100-sxm-80gb", "price_per_hour": 0}]})
+    with pytest.raises(ConfigError, match=r"'gpus\.0\.price' is not known"):
+        load_plan({**PLAN, "gpus": [{"name": "h100-sxm-80gb", "price": 2}]})
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"model": "llama-3.1-8bb"}, "unknown model 'llama-3.1-8bb'"),
+    ({"policies": {"default": {}, "bad": {"scheduler": "vlm"}}}, "candidate h100-sxm-80gb tp1 bad: unknown scheduler"),
+])
+def test_a_misspelt_name_stops_the_plan_before_any_probe(monkeypatch, change, message):
+    monkeypatch.setattr(planner, "probe", lambda *a, **k: pytest.fail("probed a plan whose names do not resolve"))
+    with pytest.raises(ConfigError, match=message):
+        planner.plan({**PLAN, **change})
+
+
+def _table(*rows):
+    cols = {"candidate": None, "status": None, "error": None, "usd_per_hour": np.nan, "replicas": np.nan,
+            "gpus": np.nan, "max_rate_per_replica": np.nan, "utilization": np.nan, "pareto": False,
+            "usd_per_1m_output_tokens": np.nan, "e2e_s.p99": np.nan}
+    return pd.DataFrame([{**cols, **r} for r in rows])
+
+
+def test_recommendation_says_why_candidates_are_out_and_what_was_not_compared():
+    spec = PlanSpec.model_validate({**PLAN, "slo": {"ttft_s": 0.1, "percentile": 95}})
+    unfit = {"candidate": "t4 tp3", "status": "does not fit", "error": "tp=3 does not divide 32 heads"}
+    text = planner.recommend(_table(unfit), spec)
+    assert text.startswith("No candidate could be simulated") and "tp=3 does not divide 32 heads" in text
+    assert "relax the SLOs" not in text                          # nothing was probed: the SLO is not the reason
+    ok = {"candidate": "a100 tp1", "status": "ok", "usd_per_hour": 8.0, "replicas": 4, "gpus": 4,
+          "max_rate_per_replica": 9.1, "utilization": 0.82, "usd_per_1m_output_tokens": 0.37,
+          "ttft_s.p95": 0.08, "ttft_s.p99": 0.2, "tpot_s.p99": 0.02}
+    free = {**ok, "candidate": "h200 tp1", "usd_per_hour": np.nan, "replicas": 1, "gpus": 1}
+    text = planner.recommend(_table(ok, free), spec)
+    assert "4 x a100 tp1" in text and "Not priced, so not compared (set price_per_hour): 1 x h200 tp1 (1 GPU)" in text
+    assert "p95 TTFT 80 ms" in text and "p99 TPOT 20 ms" in text     # each latency labelled with what it is
+    capped = planner.recommend(_table({**ok, "status": "ok (max_rate reached)"}), spec)
+    assert "sustains at least 9.1 req/s" in capped and "max_rate" in capped
+
+
+def test_a_plan_written_over_an_earlier_one_leaves_none_of_its_files(tmp_path):
+    spec = PlanSpec.model_validate(PLAN)
+    (tmp_path / "probes.csv").write_text("old")
+    (tmp_path / "plan.html").write_text("old")
+    res = planner.PlanResult(_table({"candidate": "t4 tp1", "status": "does not fit", "error": "x"}),
+                             pd.DataFrame(), "r", spec, {})
+    files = planner.write_plan(res, tmp_path, report=False)
+    assert {p.name for p in tmp_path.iterdir()} == {"plan.json", "candidates.csv"} == {p.name for p in files.values()}
+
+
+def test_max_utilization_sizes_deployments_with_headroom(monkeypatch):
+    def fake_probe(config, rate, duration, slo, seeds=1):
+        return {"rate": rate, "met": rate <= 10.0, "mean_output_tokens": 100.0}
+
+    monkeypatch.setattr(planner, "probe", fake_probe)
+    cand = planner.Candidate("h100-sxm-80gb", 1, "default", 2.0)
+    task = {"candidate": cand.__dict__, "config": {}, "slo": {"ttft_s": 1}, "duration_s": 30, "initial_rate": 2,
+            "max_rate": 100, "min_rate": 0.5, "rtol": 0.02, "target_rate": 50}
+    packed = planner.evaluate_candidate(task)["row"]
+    roomy = planner.evaluate_candidate({**task, "max_utilization": 0.5})["row"]
+    cap = packed["max_rate_per_replica"]
+    assert packed["replicas"] == math.ceil(50 / cap) and roomy["replicas"] == math.ceil(50 / (0.5 * cap))
+    assert roomy["utilization"] <= 0.5 < packed["utilization"]
+
+
 def test_plan_file_errors():
     with pytest.raises(ConfigError, match="'slo' is required"):
         load_plan({k: v for k, v in PLAN.items() if k != "slo"})
@@ -142,7 +220,7 @@ def test_plan_prices_the_cheapest_deployment(answered):
     assert h100["usd_per_1m_output_tokens"] == pytest.approx(h100["usd_per_hour"] / tokens_per_hour * 1e6)
     assert h100["deployment_meets_slo"] and h100["pareto"] and not t4["pareto"]
     rec = plan["recommendation"]
-    assert f"{replicas} x h100-sxm-80gb tp1" in rec and "X/R" in rec and "t4 tp1 (does not fit)" in rec
+    assert f"{replicas} x h100-sxm-80gb tp1" in rec and "X/R" in rec and "t4 tp1 (does not fit: " in rec
     assert rec in " ".join(stdout.split()) or rec[:60] in stdout
     assert "X/R" in plan["assumptions"][0]
     assert {"plan.json", "plan.html", "candidates.csv", "probes.csv"} <= {f.name for f in out.iterdir()}

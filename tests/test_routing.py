@@ -172,3 +172,32 @@ def test_router_options_are_validated():
         router("round_robin", {"x": 1})
     with pytest.raises(ConfigError, match="unknown router 'sticky'"):
         router("sticky")
+
+
+def test_a_user_router_reading_kv_usage_is_exact_under_fast_forward():
+    """A router of the user's that reads kv.usage routes the same requests to the same replicas in fast and
+    per-iteration mode; one that declares it does not read KV state keeps the full fast-forward."""
+    from experiments.deployment import reads_kv
+    from experiments.runner import run
+    from policies import routing
+    from sim.registry import register
+
+    @register("router", "test_user_least_kv", replace=True)
+    def user_least_kv(req, replicas):
+        return min(range(len(replicas)), key=lambda i: (replicas[i].kv.usage, replicas[i].outstanding, i))
+
+    def counts_only(req, replicas):
+        return 0
+
+    counts_only.reads_kv = False
+    assert reads_kv(user_least_kv) and not reads_kv(counts_only)
+    assert reads_kv(routing.least_kv_usage) and not reads_kv(routing.least_outstanding_requests)
+    cfg = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100"}, "seed": 0, "router": "test_user_least_kv",
+           "deployment": {"replicas": 3, "parallelism": {"tp": 1}},
+           "workload": {"type": "poisson", "stages": [{"rate": 12, "duration_s": 15}],
+                        "input_len": {"dist": "lognormal", "mean": 1500, "sigma": 0.7, "max": 6000},
+                        "output_len": {"dist": "lognormal", "mean": 300, "sigma": 0.8, "max": 2000}}}
+    fast, slow = (run({**cfg, "sim": {"progress": False, "mode": m}}).requests.sort_values("request_id")
+                  for m in ("fast", "iteration"))
+    assert (fast["replica"].to_numpy() == slow["replica"].to_numpy()).all()
+    assert np.array_equal(fast["finish_s"].to_numpy(), slow["finish_s"].to_numpy())

@@ -55,6 +55,10 @@ def test_batch_one_speedup_matches_the_closed_form(alpha):
     assert measured == pytest.approx(expected_speedup(alpha, K, c), rel=0.05 + (v - 1)), (measured, c, v)
     s = fast.summary["speculative"]
     assert s["mean_tokens_per_step"] == pytest.approx((1 - alpha ** (K + 1)) / (1 - alpha), rel=0.05)
+    # the two acceptance measures: accepted / drafted = (alpha + ... + alpha^K) / K, and the alpha behind it, which
+    # fed back into a config reproduces the run
+    assert s["draft_acceptance_rate"] == pytest.approx(sum(alpha ** i for i in range(1, K + 1)) / K, rel=0.05)
+    assert s["per_token_alpha"] == pytest.approx(alpha, rel=0.05) and s["draft_acceptance_rate"] < alpha
 
 
 def test_gain_shrinks_as_the_batch_grows():

@@ -167,11 +167,60 @@ def test_killed_sweep_resumes(tmp_path):
     p = subprocess.run([str(SERVESIM), "sweep", str(path), "--out", str(out), "--workers", "1", "--no-report"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr
-    assert f"ran {9 - len(done)}, skipped {len(done)} already done, 0 failed" in p.stdout
+    assert f"{9 - len(done)} run now, {len(done)} already done; 0 failed in all" in p.stdout
     assert {rid: (out / "runs" / rid / "summary.json").stat().st_mtime_ns for rid in done} == done
     table = pd.read_parquet(out / "results.parquet")
     assert len(table) == 9 and (table["status"] == "ok").all()
     assert not [f for f in out.rglob(".*.tmp")], "temp files left behind"
+
+
+def test_a_resumed_sweep_judges_its_runs_against_the_current_slo(local_sweep, tmp_path):
+    import shutil
+
+    from experiments.planner import SLO
+    from experiments.sweep import _refresh_slo
+
+    d, _, res = local_sweep
+    out = tmp_path / "out"
+    shutil.copytree(d / "out", out)
+    tight = {"ttft_s": 0.04, "tpot_s": 0.03}
+    path = write_sweep(tmp_path, slo=tight)
+    again = run_sweep(path, out, workers=1, report=False)
+    assert (again.ran, again.skipped) == (0, 9)                       # re-judged from the runs' requests, not re-run
+    for row in again.table.itertuples():
+        requests = pd.read_parquet(out / "runs" / row.run_id / "requests.parquet")
+        summary = json.loads((out / "runs" / row.run_id / "summary.json").read_text())
+        expected = SLO.model_validate(tight).evaluate(requests, summary)
+        assert again.table.loc[row.Index, "slo.attainment"] == pytest.approx(expected["attainment"])
+        assert again.table.loc[row.Index, "slo.met"] == expected["met"]
+    assert again.table["slo.met"].tolist() != res.table["slo.met"].tolist()   # the tighter SLO changed verdicts
+    assert "slo_spec.ttft_s" not in again.table.columns
+    rid = again.table["run_id"].iloc[0]
+    (out / "runs" / rid / "requests.parquet").unlink()
+    assert not _refresh_slo(out / "runs" / rid, {"ttft_s": 9.0})     # nothing to re-judge from: run it again
+    assert _refresh_slo(out / "runs" / rid, None)                     # no SLO now: the old verdict is dropped
+    assert "slo" not in json.loads((out / "runs" / rid / "summary.json").read_text())
+
+
+def test_a_sweep_whose_every_point_is_invalid_is_a_one_line_error(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"engine.max_num_seq": [8, 16]}}))
+    with pytest.raises(ConfigError, match="every point of the sweep is invalid; the first: .*'engine.max_num_seq'"):
+        run_sweep(tmp_path / "sweep.yaml", tmp_path / "out", workers=1, report=False)
+    assert not list((tmp_path / "out").rglob("config.yaml"))
+    with pytest.raises(ConfigError, match="--executor 'foo'"):
+        run_sweep(write_sweep(tmp_path), tmp_path / "out2", executor="foo")
+    assert not (tmp_path / "out2").exists()                           # refused before anything was written
+
+
+def test_a_sweep_whose_every_point_fails_exits_2(tmp_path):
+    (tmp_path / "base.yaml").write_text(yaml.safe_dump(BASE))
+    (tmp_path / "sweep.yaml").write_text(yaml.safe_dump({"base": "base.yaml", "grid": {"parallelism.tp": [16]}}))
+    p = subprocess.run([str(SERVESIM), "sweep", str(tmp_path / "sweep.yaml"), "--out", str(tmp_path / "o"),
+                        "--no-report"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and p.stderr.count("\n") == 1
+    assert "every point of the sweep failed; the first: " in p.stderr and "tp=16 exceeds" in p.stderr
+    assert (tmp_path / "o" / "results.csv").exists()                  # the failures are still recorded
 
 
 def test_sweep_cli_errors_are_one_line(tmp_path):

@@ -9,12 +9,13 @@ from sim.registry import register
 
 @register("scheduler", "priority")
 class PriorityScheduler(VLLMScheduler):
-    """vLLM V1's scheduler with the waiting queue ordered by request priority (highest first), then arrival."""
+    """vLLM V1's scheduler with the waiting queue ordered by request priority, then arrival. A lower value is more
+    urgent, as in vLLM's priority scheduling and the built-in `ordering: priority`."""
 
     def _order_waiting(self, replica) -> None:
         waiting = replica.waiting
         if len(waiting) > 1:
-            ordered = sorted(waiting, key=lambda r: (-r.priority, r.arrival))
+            ordered = sorted(waiting, key=lambda r: (r.priority, r.arrival))
             waiting.clear()
             waiting.extend(ordered)
 
