@@ -33,6 +33,29 @@ def _print_json(obj) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
 
 
+def check_writable(path: Path, option: str, folder: bool) -> None:
+    """Refuse an output path that cannot be written before any work is done: the nearest existing ancestor must be
+    a writable folder, and the path itself a folder (`folder`) or not one."""
+    import os
+    import tempfile
+
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ServesimError(f"{option} {str(path)!r} is {'a file' if folder else 'a folder'}; give "
+                            f"{'a folder' if folder else 'a file name'}")
+    parent = path if folder else path.parent
+    parent = parent.absolute()
+    while not parent.exists():
+        parent = parent.parent
+    try:
+        if not parent.is_dir():
+            raise OSError
+        os.rmdir(tempfile.mkdtemp(prefix=".servesim-write-check-", dir=parent))   # what permissions cannot tell
+    except OSError:
+        raise ServesimError(f"{option} {str(path)!r}: {str(parent)!r} is not a writable folder; choose another "
+                            f"path") from None
+
+
 @app.command()
 def estimate(
     model: str = typer.Option(..., "--model", "-m", help="Catalogue name, Hugging Face id, or path to a config.json."),
@@ -90,19 +113,25 @@ def run(
     from experiments.replications import near_capacity_knee, run_replications
 
     cfg = load_config(config, set_)
+    if out is not None:
+        check_writable(out, "--out", folder=True)
     if trace_out is not None:
+        check_writable(trace_out, "--trace-out", folder=False)
         cfg = cfg.model_copy(update={"sim": cfg.sim.model_copy(update={"chrome_trace": str(trace_out)})})
+    elif cfg.sim.chrome_trace:
+        check_writable(Path(cfg.sim.chrome_trace), "sim.chrome_trace", folder=False)
     reps = run_replications(cfg, seeds, workers=workers)
     summary = reps.summary() if seeds > 1 else reps.first.summary
     if out is not None:
-        if seeds > 1:
-            reps.write(out)
-        else:
-            reps.first.write(out)
+        extra = {}
         if not no_report:
             from experiments.report import write_run_report
 
-            write_run_report(reps.first, Path(out) / "report.html")
+            extra["report.html"] = lambda path: write_run_report(reps.first, path)
+        if seeds > 1:
+            reps.write(out, extra=extra)
+        else:
+            reps.first.write(out, extra=extra)
     if as_json:
         _print_json(summary)
     else:
@@ -272,13 +301,17 @@ def workload_describe(
     source: Path = typer.Argument(..., help="A workload or run config (YAML), or a trace file (CSV, Parquet, JSONL, JSON)."),
     fmt: str = typer.Option("auto", "--format", "-f", help="Trace format (auto: sniffed): csv, azure_2023, azure_2024, "
                                                           "mooncake, burstgpt, sharegpt, vidur."),
-    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads (default: the config's, else 0)."),
+    seed: Optional[int] = typer.Option(None, "--seed", help="Seed for generated workloads (default: the config's, else "
+                                                             "0); for a run config, the run's seed, from which the "
+                                                             "workload is drawn as `servesim run` draws it."),
     out: Optional[Path] = typer.Option(None, "--out", "-o", help="Write a plotly HTML page here."),
     as_json: bool = typer.Option(False, "--json", help="Print the statistics as one JSON object."),
 ) -> None:
     """Rate over time, inter-arrival CV, length percentiles and the prefix-reuse upper bound of a workload."""
     from workloads.describe import describe
 
+    if out is not None:
+        check_writable(out, "--out", folder=False)
     d = describe(source, fmt=fmt, seed=seed)
     if out is not None:
         from experiments.workload_report import write_workload_report
@@ -309,6 +342,10 @@ def main() -> None:
         from experiments.config import format_validation_error
 
         typer.echo(f"servesim: error: {format_validation_error(exc)}", err=True)
+        sys.exit(2)
+    except OSError as exc:                     # a file that cannot be read or written: the user's to fix
+        where = f": {exc.filename}" if getattr(exc, "filename", None) else ""
+        typer.echo(f"servesim: error: {exc.strerror or exc}{where}", err=True)
         sys.exit(2)
     except typer.Abort:
         typer.echo("servesim: aborted", err=True)

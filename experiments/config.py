@@ -430,15 +430,32 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key.strip(), value
 
 
-def format_validation_error(exc: ValidationError) -> str:
-    """One line: the first offending field, what is wrong, and how to fix it.
+def _user_loc(loc: tuple, data: Any) -> tuple:
+    """`loc` without the tags pydantic inserts for a tagged union's member (workload.poisson.stages ->
+    workload.stages), found by walking the user's own data: a part that is not a key there is such a tag."""
+    out: list = []
+    node = data
+    for part in loc:
+        if isinstance(node, dict) and isinstance(part, str) and part not in node and part in node.values():
+            continue                                     # the member chosen by node's tag value
+        if isinstance(part, str) and part in ("function-after",):
+            continue
+        out.append(part)
+        node = node.get(part) if isinstance(node, dict) else (
+            node[part] if isinstance(node, list) and isinstance(part, int) and part < len(node) else None)
+    return tuple(out)
+
+
+def format_validation_error(exc: ValidationError, data: Any = None) -> str:
+    """One line: the first offending field, what is wrong, and how to fix it (`data`: the input, to name fields
+    as the user wrote them).
 
     An unknown key is reported before anything else: a misspelt key usually also leaves a required one missing,
     and the misspelling is the fix (with the missing key as its likely correction)."""
-    errors = exc.errors()
+    errors = [{**e, "loc": _user_loc(e["loc"], data)} for e in exc.errors()]
     extras = [e for e in errors if e["type"] == "extra_forbidden"]
     err = extras[0] if extras else errors[0]
-    loc = ".".join(str(p) for p in err["loc"] if not (isinstance(p, str) and p in ("function-after",)))
+    loc = ".".join(str(p) for p in err["loc"])
     kind = err["type"]
     if not loc:
         return f"config: {err['msg'].removeprefix('Value error, ')}"
@@ -451,6 +468,9 @@ def format_validation_error(exc: ValidationError) -> str:
         return f"config key {loc!r} is required; add it"
     if kind == "union_tag_invalid":
         return f"config key {loc!r}: {err['msg']}"
+    if kind == "union_tag_not_found":
+        tag = (err.get("ctx") or {}).get("discriminator", "type").strip("'")
+        return f"config key {loc!r} needs a {tag!r} key saying which kind it is (see `servesim schema` for the choices)"
     more = f" (and {len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
     msg = err["msg"].removeprefix("Value error, ")
     if kind == "value_error":       # our own validators' messages say what is wrong and the fix already
@@ -463,22 +483,46 @@ def validate_config(data: dict) -> RunConfig:
     try:
         return RunConfig.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(format_validation_error(exc)) from None
+        raise ConfigError(format_validation_error(exc, data)) from None
 
 
 def load_config(source: str | Path | dict, overrides: list[str] | None = None) -> RunConfig:
     """A validated RunConfig from a YAML path or a dict, with `--set`-style overrides applied."""
-    base = source.parent if isinstance(source, Path) else None
     if isinstance(source, (str, Path)):
-        base = Path(source).resolve().parent
         data = read_yaml(source)
+        resolve_config_paths(data, Path(source).resolve().parent)   # the file's paths: against its folder
     else:
         data = copy.deepcopy(source)
     for item in overrides or []:
         set_dotted(data, *parse_override(item))
-    if base is not None and isinstance(data.get("workload"), dict):
-        resolve_paths(data["workload"], base)
+    resolve_config_paths(data, Path.cwd())    # --set paths and a mapping's: against the working directory
     return validate_config(data)
+
+
+def resolve_config_paths(data: dict, base: Path) -> None:
+    """Make a run config's relative input paths absolute against `base`: the workload's files, a speculative
+    drafter's acceptance lengths, a model given as a path to its config.json and a cluster graph file. The resolved
+    config (written as config.yaml) then reruns from any directory. A model or topology name that is not a file
+    under `base` is left as it is (a catalogue name or a Hugging Face id)."""
+    if not isinstance(data, dict):
+        return
+    for key in ("workload", "speculative"):
+        if isinstance(data.get(key), (dict, list)):
+            resolve_paths(data[key], base)
+    model = data.get("model")
+    holder, key = (data, "model") if isinstance(model, str) else (model, "name") if isinstance(model, dict) else (None, None)
+    if holder is not None and isinstance(holder.get(key), str):
+        from sim.models import in_catalogue
+
+        value = holder[key]
+        p = Path(value).expanduser()
+        if not p.is_absolute() and not in_catalogue(value) and (base / p).exists():
+            holder[key] = str(base / p)
+    cluster = data.get("cluster")
+    if isinstance(cluster, dict) and isinstance(cluster.get("topology"), str):
+        p = Path(cluster["topology"]).expanduser()
+        if not p.is_absolute() and (base / p).is_file():
+            cluster["topology"] = str(base / p)
 
 
 def resolve_paths(node: Any, base: Path) -> None:
@@ -509,7 +553,7 @@ def load_study_file(source: str | Path | dict, model: type[BaseModel], what: str
     try:
         spec = model.model_validate(data)
     except ValidationError as exc:
-        raise ConfigError(f"{what} file: " + format_validation_error(exc).replace("config key", "key")) from None
+        raise ConfigError(f"{what} file: " + format_validation_error(exc, data).replace("config key", "key")) from None
     if isinstance(spec.base, str):
         base_path = Path(spec.base)
         if not base_path.is_absolute() and here is not None:
@@ -517,6 +561,6 @@ def load_study_file(source: str | Path | dict, model: type[BaseModel], what: str
         base, base_dir = read_yaml(base_path), base_path.resolve().parent
     else:
         base, base_dir = copy.deepcopy(spec.base), here
-    if base_dir is not None and isinstance(base.get("workload"), dict):
-        resolve_paths(base["workload"], base_dir)
+    if base_dir is not None:
+        resolve_config_paths(base, base_dir)
     return spec, base, text

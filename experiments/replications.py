@@ -15,7 +15,6 @@ generators and policies change.
 """
 from __future__ import annotations
 
-import json
 import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -94,12 +93,11 @@ class Replications:
         return {**self.first.summary, "replications": {"n": len(self.seeds), "seeds": list(self.seeds),
                                                        "trace": trace, "metrics": self.band()}}
 
-    def write(self, out_dir: str | Path) -> Path:
-        """The first seed's outputs (`RunResult.write`) with the replicated summary, plus replications.csv."""
-        out = self.first.write(out_dir)
-        (out / "summary.json").write_text(json.dumps(self.summary(), indent=2))
-        self.table().to_csv(out / "replications.csv", index=False)
-        return out
+    def write(self, out_dir: str | Path, extra: dict | None = None) -> Path:
+        """The first seed's outputs (`RunResult.write`) with the replicated summary, plus replications.csv (and
+        `extra` files), all moved in together."""
+        files = {"replications.csv": lambda path: self.table().to_csv(path, index=False), **(extra or {})}
+        return self.first.write(out_dir, summary=self.summary(), extra=files)
 
 
 def _summary_of(cfg: RunConfig) -> dict:

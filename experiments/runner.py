@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +36,11 @@ from .deployment import Deployment
 from .deployment_summary import deployment_sections, request_columns
 
 
+# every file `RunResult.write` may put in an output folder (with the CLI's report and a replicated run's table)
+RUN_OUTPUTS = ("summary.json", "requests.parquet", "config.yaml", "timeseries.parquet", "steps.parquet",
+               "links.parquet", "scaling.parquet", "report.html", "replications.csv")
+
+
 @dataclass
 class RunResult:
     """What a run produced: the summary dict, the per-request table, the resolved config."""
@@ -48,19 +54,22 @@ class RunResult:
     links: pd.DataFrame | None = None        # sim.sample_interval_s: time_s, link, utilisation (change points)
     scaling: pd.DataFrame | None = None      # autoscaling: time_s, active, target, billed, gpu_hours, cost_usd
 
-    def write(self, out_dir: str | Path) -> Path:
+    def write(self, out_dir: str | Path, *, summary: dict | None = None,
+              extra: dict[str, Callable[[Path], object]] | None = None) -> Path:
         """Write summary.json, requests.parquet and config.yaml (plus optional tables) into `out_dir`.
 
-        All files are written to a scratch folder first and then moved in, so a failure leaves nothing
-        half-written; files of a previous run with the same names are replaced, and nothing else in
-        `out_dir` is touched."""
+        `summary` replaces the run's own (a replicated summary); `extra` maps more file names to writers
+        (``writer(path)``: a report, a replications table). All files are written to a scratch folder first and
+        then moved in, so a failure leaves nothing half-written. Files of a previous run with the same names are
+        replaced, and the outputs a previous run wrote that this one does not (RUN_OUTPUTS: a report, a time
+        series, ...) are removed, so the folder describes one run; nothing else in `out_dir` is touched."""
         out = Path(out_dir)
         if out.exists() and not out.is_dir():
             raise ConfigError(f"--out {str(out)!r} is a file; give a folder")
         out.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
         try:
-            (tmp / "summary.json").write_text(json.dumps(self.summary, indent=2))
+            (tmp / "summary.json").write_text(json.dumps(self.summary if summary is None else summary, indent=2))
             self.requests.to_parquet(tmp / "requests.parquet", index=False)
             (tmp / "config.yaml").write_text(yaml.safe_dump(self.config.model_dump(mode="json"), sort_keys=False))
             if self.timeseries is not None:
@@ -71,7 +80,12 @@ class RunResult:
                 self.links.to_parquet(tmp / "links.parquet", index=False)
             if self.scaling is not None:
                 self.scaling.to_parquet(tmp / "scaling.parquet", index=False)
+            for name, writer in (extra or {}).items():
+                writer(tmp / name)
             out.mkdir(exist_ok=True)
+            for name in RUN_OUTPUTS:
+                if not (tmp / name).exists():
+                    (out / name).unlink(missing_ok=True)
             for f in tmp.iterdir():
                 os.replace(f, out / f.name)
         finally:

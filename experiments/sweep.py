@@ -53,7 +53,7 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 from sim.errors import ConfigError, ServesimError
 
-from .config import RunConfig, load_study_file, set_dotted, validate_config
+from .config import RunConfig, load_study_file, resolve_config_paths, set_dotted, validate_config
 from .planner import SLO
 
 
@@ -157,15 +157,18 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:12]
 
 
-def resolve_point(base: dict, point: dict[str, Any]) -> tuple[RunConfig, bool]:
+def resolve_point(base: dict, point: dict[str, Any], here: Path | None = None) -> tuple[RunConfig, bool]:
     """The validated config of one point, and whether it asked for a Chrome trace.
 
+    A relative path among the point's values (a trace, a model's config.json) is relative to `here`, the sweep
+    file's folder, like the paths in the sweep file's base config (default: the working directory).
     Sweep runs never show a progress bar; a ``sim.chrome_trace`` path becomes ``trace.json`` in
     the run's directory (the path is dropped from the config; step recording is kept).
     """
     data = copy.deepcopy(base)
     for key, value in point.items():
         set_dotted(data, key, copy.deepcopy(value))
+    resolve_config_paths(data, here or Path.cwd())
     sim = data.setdefault("sim", {})
     if not isinstance(sim, dict):
         raise ConfigError("config key 'sim' must be a mapping")
@@ -179,6 +182,11 @@ def resolve_point(base: dict, point: dict[str, Any]) -> tuple[RunConfig, bool]:
 def load_sweep(source: str | Path | dict) -> tuple[SweepSpec, dict, str]:
     """(spec, base config dict with its paths resolved, sweep text for the report)."""
     return load_study_file(source, SweepSpec, "sweep")
+
+
+def _folder(source: str | Path | dict) -> Path:
+    """The folder a sweep file's relative paths start from (the working directory for a mapping)."""
+    return Path.cwd() if isinstance(source, dict) else Path(source).resolve().parent
 
 
 # ----------------------------------------------------------------------------- executing
@@ -333,7 +341,7 @@ def run_points(source: str | Path | dict, fn: Callable, *, columns: list[str] | 
     first. A failing point raises (a study wants all its points)."""
     spec, base, _ = load_sweep(source)
     points = expand(spec)
-    tasks = [(i, (resolve_point(base, p)[0], spec.slo)) for i, p in enumerate(points)]
+    tasks = [(i, (resolve_point(base, p, _folder(source))[0], spec.slo)) for i, p in enumerate(points)]
     rows: dict[int, dict] = {}
     for i, res in execute(fn, tasks, workers=workers):
         if isinstance(res, BaseException):
@@ -363,7 +371,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
     skipped = 0
     for point in points:
         try:
-            cfg, trace = resolve_point(base, point)
+            cfg, trace = resolve_point(base, point, _folder(source))
         except ServesimError as exc:
             rid = "invalid-" + hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
             ids.append(rid)

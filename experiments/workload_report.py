@@ -15,6 +15,12 @@ from plotly.subplots import make_subplots
 from workloads.describe import WorkloadDescription
 
 
+def peak_label(s: dict) -> str:
+    """'peak 1-min rate', or what the window was when the trace is shorter than a minute."""
+    span = s["duration_s"]
+    return "peak 1-min rate" if span is None or span >= 60 else f"peak rate (whole {span:.3g} s span)"
+
+
 def summary_rows(s: dict) -> list[tuple[str, str]]:
     """(name, value) rows of a description summary, formatted for people."""
 
@@ -27,7 +33,7 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
 
     rows = [("source", str(s["source"])), ("kind", str(s["kind"])), ("requests", f(s["rows"])),
             ("duration", f(s["duration_s"], " s", 6)), ("mean rate", f(s["rate_per_s"], " req/s")),
-            ("peak 1-min rate", f(s["peak_1min_rate_per_s"], " req/s")),
+            (peak_label(s), f(s["peak_1min_rate_per_s"], " req/s")),
             ("inter-arrival CV", f(s["interarrival_cv"]))]
     for side in ("input_tokens", "output_tokens"):
         d = s[side]

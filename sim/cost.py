@@ -218,6 +218,7 @@ class EngineProfile:
     async_scheduling: bool = False         # host work of the next step overlaps the GPU: step = max(host, GPU)
     kernel_overrides: dict = field(default_factory=dict)   # KernelConstants the engine's own kernels change
     roofline_only: bool = False
+    quantized_lm_head: bool = False        # its weight-only quantization also converts the LM head (gpt-fast)
 
     def host_time(self, prefill_seqs: int, decode_seqs: int, tokens: int) -> float:
         """The host's work for one step (scheduling, input preparation): every cost model prices it here, with
@@ -333,6 +334,9 @@ class _Linear:
     moe_top_k: int = 0
     row_s: float = 0.0         # seconds per activation row that do not shrink with batching (tinygemm int4)
     ep: int = 1                # >1: whole experts spread over ep GPUs; the busiest GPU's touched experts are read
+
+
+_QUANTIZED = ("fp8", "int8", "int4", "fp4")   # weight dtypes of quantized checkpoints (the activations stay 16-bit)
 
 
 class CostModel(AttentionPricing, CollectivePricing):
@@ -463,6 +467,8 @@ class CostModel(AttentionPricing, CollectivePricing):
         ab = DTYPE_BYTES[self.act_dtype]
         peak = self.gpu.peak_flops(self._compute_dtype())
         wbw = self._weight_bandwidth()
+        peak16 = self.gpu.peak_flops(self.act_dtype)
+        bw16 = self.gpu.memory_bw * self._eff(self.k.mem_eff)
         ew_bw = self.gpu.memory_bw * self._eff(self.k.elementwise_mem_eff)
         h, L = m.hidden_size, m.num_layers
         # 2:4 sparsity: the transformer blocks' GEMMs run at twice the tensor rate on half the weights (+ metadata)
@@ -474,14 +480,20 @@ class CostModel(AttentionPricing, CollectivePricing):
             ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb * sf, (k_in + n_out) * ab,
                                0.0, sparse_peak, wbw, kernels, True, row_s=self._row_time(k_in * n_out)))
 
+        def gemm_16bit(name, count, k_in, n_out, kernels=1):
+            # a projection the checkpoint keeps in the activation dtype: dense 16-bit weight streaming and math
+            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * ab * sf, (k_in + n_out) * ab,
+                               0.0, peak16 * (2.0 if self.sparsity == "2:4" else 1.0), bw16, kernels, True))
+
+        attn_gemm = gemm_16bit if self._attention_unquantized else gemm
         if m.attention_type == "mla":
             qkv_params = m.attention_params_per_layer - m.num_heads * m.v_head_dim * h
-            gemm("qkv_proj", L, h, qkv_params / h / t, kernels=3)
-            gemm("o_proj", L, m.num_heads * m.v_head_dim / t, h)
+            attn_gemm("qkv_proj", L, h, qkv_params / h / t, kernels=3)
+            attn_gemm("o_proj", L, m.num_heads * m.v_head_dim / t, h)
         else:
             kv_heads = max(1, m.num_kv_heads // t) if m.num_kv_heads >= t else 1
-            gemm("qkv_proj", L, h, (m.num_heads / t + 2 * kv_heads) * m.head_dim)
-            gemm("o_proj", L, m.num_heads * m.head_dim / t, h)
+            attn_gemm("qkv_proj", L, h, (m.num_heads / t + 2 * kv_heads) * m.head_dim)
+            attn_gemm("o_proj", L, m.num_heads * m.head_dim / t, h)
         mats = m.ffn_matrices
         dense_layers = m.num_dense_layers
         if dense_layers:
@@ -516,10 +528,16 @@ class CostModel(AttentionPricing, CollectivePricing):
                            peak, ew_bw, 3, False))
         # once per step: embedding gather, final norm, LM head on sampled rows, sampling over the vocab
         ops.append(_Linear("embedding", 1, 0.0, 0.0, 0.0, 2 * h * ab, 0.0, peak, ew_bw, 2, False))
+        # quantized checkpoints keep the LM head in the activation dtype (vLLM quantizes only the decoder's linear
+        # layers; GPTQ/AWQ/compressed-tensors and TensorRT-LLM exclude lm_head by default): a 16-bit GEMM whatever
+        # the weight dtype, unless the engine's own quantizer converts it too (gpt-fast: every nn.Linear)
         vocab = m.vocab_size / t
-        lm_wb = DTYPE_BYTES[self.act_dtype] if self.weight_dtype in ("int4",) else wb
-        ops.append(_Linear("lm_head", 1, 0.0, 2.0 * h * vocab, h * vocab * lm_wb, 0.0, (h + vocab) * ab,
-                           peak, wbw, 1, True))
+        if self.engine.quantized_lm_head:
+            ops.append(_Linear("lm_head", 1, 0.0, 2.0 * h * vocab, h * vocab * wb, 0.0, (h + vocab) * ab,
+                               peak, wbw, 1, True, row_s=self._row_time(h * vocab)))
+        else:
+            ops.append(_Linear("lm_head", 1, 0.0, 2.0 * h * vocab, h * vocab * ab, 0.0, (h + vocab) * ab,
+                               peak16, bw16, 1, True))
         ops.append(_Linear("sampling", 1, 0.0, 5.0 * m.vocab_size, 0.0, 0.0, 3 * 4.0 * m.vocab_size,
                            peak, ew_bw, 3, False))
         return ops
@@ -535,19 +553,33 @@ class CostModel(AttentionPricing, CollectivePricing):
         return DTYPE_BYTES["int4"] + KV_INT4_GROUP_BYTES / group
 
     @property
+    def _attention_unquantized(self) -> bool:
+        """The attention projections run in the activation dtype although the weights are quantized."""
+        return "attention" in self.model.unquantized_modules and self.weight_dtype in _QUANTIZED
+
+    @property
     def weight_bytes_per_gpu(self) -> float:
-        """Weight bytes each GPU of the TP group holds (int4 includes its group scales; int4 checkpoints
-        keep the LM head in the activation dtype, as the step cost prices it; 2:4 sparsity shrinks the
-        transformer blocks' matrices to `sparse_weight_factor`)."""
+        """Weight bytes each GPU of the TP group holds (int4 includes its group scales; quantized checkpoints
+        keep the embedding, LM head, norms and routers in the activation dtype, as the step cost prices them;
+        2:4 sparsity shrinks the transformer blocks' matrices to `sparse_weight_factor`)."""
         wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
+        ab = DTYPE_BYTES[self.act_dtype]
         m = self.model
-        head = m.lm_head_params
-        head_wb = DTYPE_BYTES[self.act_dtype] if self.weight_dtype == "int4" else wb
+        # kept in the activation dtype by quantized checkpoints: embedding, LM head, norms, routers, and the attention
+        # projections where the checkpoint says so (ModelSpec.unquantized_modules)
+        head_16bit = 0.0 if self.engine.quantized_lm_head else m.lm_head_params
+        sixteen = m.embedding_params + head_16bit + m.norm_params + m.num_moe_layers * m.router_params
+        if self._attention_unquantized:
+            sixteen += m.num_layers * m.attention_params_per_layer
+        if self.weight_dtype not in _QUANTIZED:
+            sixteen = 0.0                                   # an unquantized model: one dtype throughout
         sparse = 0.0
         if self.sparsity:
-            sparse = (m.total_params - m.embedding_params - head - m.norm_params
+            sparse = (m.total_params - m.embedding_params - m.lm_head_params - m.norm_params
                       - m.num_moe_layers * m.router_params)
-        dense = m.total_params - head - sparse
+            if self._attention_unquantized and sixteen:
+                sparse -= m.num_layers * m.attention_params_per_layer
+        dense = m.total_params - sixteen - sparse
         experts = 0.0
         if self.expert_parallel and self.ep_size != self.tp:
             # whole experts spread over ep_size GPUs instead of a 1/tp slice of each: count them apart
@@ -559,7 +591,7 @@ class CostModel(AttentionPricing, CollectivePricing):
             experts_bytes = experts * wb * (self.sparse_weight_factor if self.sparsity else 1.0) / self.ep_size
         else:
             experts_bytes = 0.0
-        return (dense * wb + sparse * wb * self.sparse_weight_factor + head * head_wb) / self.tp + experts_bytes
+        return (dense * wb + sparse * wb * self.sparse_weight_factor + sixteen * ab) / self.tp + experts_bytes
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:

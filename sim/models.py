@@ -60,6 +60,9 @@ class ModelSpec:
     qk_rope_head_dim: int = 0
     v_head_dim: int = 0
     default_weight_dtype: str = "bf16"
+    # modules a quantized checkpoint keeps in the activation dtype besides the embedding, LM head and MoE router
+    # (which vLLM never quantizes): "attention" = the Q/K/V/O projections (e.g. RedHatAI's Llama-4-Scout FP8-dynamic)
+    unquantized_modules: tuple[str, ...] = ()
     total_params_b: float | None = None      # published figure, for cross-checks
     active_params_b: float | None = None
     source: str = ""
@@ -224,6 +227,8 @@ _REQUIRED = tuple(n for n, f in _FIELDS.items()
 # Fields an alias mapping may override besides `weight_dtype` (a variant checkpoint of the same model).
 _ALIAS_OVERRIDABLE = frozenset(_FIELDS) - {"name", "aliases", "source"}
 _WEIGHT_DTYPES = frozenset({"fp32", "bf16", "fp16", "fp8", "int8", "fp4", "int4"})
+_UNQUANTIZABLE = frozenset({"attention"})
+_ATTENTION_PROJECTIONS = ("self_attn", "q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
 _HF_REQUIRED = ("hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size")
 
 
@@ -277,6 +282,10 @@ def _check_spec(spec: ModelSpec, where: str) -> ModelSpec:
         raise CatalogError(f"{where}: experts_per_token must be in 1..num_experts ({spec.num_experts})")
     if spec.moe_layer_freq < 1 or not 0 <= spec.first_k_dense <= spec.num_layers:
         raise CatalogError(f"{where}: moe_layer_freq must be >= 1 and first_k_dense in 0..num_layers")
+    unknown = set(spec.unquantized_modules) - _UNQUANTIZABLE
+    if unknown:
+        raise CatalogError(f"{where}: unquantized_modules {sorted(unknown)} not understood; use a subset of "
+                           f"{sorted(_UNQUANTIZABLE)}")
     if spec.default_weight_dtype not in _WEIGHT_DTYPES:
         raise CatalogError(f"{where}: default_weight_dtype '{spec.default_weight_dtype}' is not one of "
                            f"{', '.join(sorted(_WEIGHT_DTYPES))}")
@@ -297,7 +306,7 @@ def _alias_entry(key: str, raw: Any) -> tuple[str, dict[str, Any]]:
         if fname not in _ALIAS_OVERRIDABLE:
             raise CatalogError(f"models.yaml entry '{key}': alias '{raw['id']}' has unknown field '{k}'"
                                + did_you_mean(k, ["weight_dtype", *_ALIAS_OVERRIDABLE]))
-        changes[fname] = _check_type(key, fname, v)
+        changes[fname] = tuple(v) if isinstance(v, list) else _check_type(key, fname, v)
     return raw["id"], changes
 
 
@@ -412,6 +421,11 @@ def get_model(name_or_path: str) -> ModelSpec:
                        f"Hugging Face config.json" + did_you_mean(name_or_path, choices))
 
 
+def in_catalogue(name: str) -> bool:
+    """Whether `name` is a catalogue key or alias (which `get_model` prefers to a file of that name)."""
+    return _norm(name) in _catalogue().index
+
+
 def model_with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
     """A copy of `spec` with some fields changed (e.g. a smaller vocab or another weight dtype), checked."""
     for k in changes:
@@ -455,6 +469,17 @@ def _quant_weight_dtype(q: dict[str, Any]) -> str | None:
     elif q.get("load_in_8bit"):
         bits = 8
     return {4: "int4", 8: "int8"}.get(bits)
+
+
+def _quant_unquantized_modules(q: dict[str, Any]) -> tuple[str, ...]:
+    """Module groups a quantization_config leaves unquantized (its ignore list), as ModelSpec.unquantized_modules.
+
+    compressed-tensors lists them under `ignore`, other methods under `ignored_layers` or `modules_to_not_convert`;
+    the language model's attention projections there (not a vision tower's) mean attention runs in 16 bits."""
+    names = [str(n) for key in ("ignore", "ignored_layers", "modules_to_not_convert") for n in (q.get(key) or [])]
+    attention = any(any(p in n for p in _ATTENTION_PROJECTIONS) and not any(v in n for v in ("vision", "visual"))
+                    for n in names)
+    return ("attention",) if attention else ()
 
 
 def _int(cfg: dict[str, Any], key: str, default: int = 0) -> int:
@@ -538,6 +563,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
         tie = top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", tie_default))
         quant = top.get("quantization_config") or cfg.get("quantization_config")
         dtype = _quant_weight_dtype(quant) if isinstance(quant, dict) else None
+        unquantized = _quant_unquantized_modules(quant) if dtype is not None else ()
         if dtype is None:
             torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype")
                               or top.get("dtype") or "bfloat16")
@@ -581,6 +607,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             qk_rope_head_dim=_int(cfg, "qk_rope_head_dim") if kv_lora else 0,
             v_head_dim=_int(cfg, "v_head_dim") if kv_lora else 0,
             default_weight_dtype=dtype,
+            unquantized_modules=unquantized,
             source=source,
         )
     except (TypeError, ValueError, ZeroDivisionError, OverflowError) as e:

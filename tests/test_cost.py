@@ -184,8 +184,53 @@ def test_weight_only_quantisation_cuts_batch1_decode_time(gpu, engine):
          for wd in ("bf16", "int8", "int4")}
     assert t["int4"] < t["int8"] < t["bf16"]
     weights = {wd: CostModel(m, gpu, weight_dtype=wd).weight_bytes_per_gpu for wd in ("bf16", "int8", "int4")}
-    assert weights["int8"] == pytest.approx(weights["bf16"] / 2)
-    assert weights["bf16"] / 4 <= weights["int4"] < weights["bf16"] / 3.5   # 4 bits plus group scales
+    # the decoder's matrices shrink; the embedding, LM head and norms stay 16-bit (vLLM, GPTQ/AWQ checkpoints)
+    sixteen = (m.embedding_params + m.lm_head_params + m.norm_params) * 2
+    assert weights["int8"] == pytest.approx((weights["bf16"] - sixteen) / 2 + sixteen)
+    assert (weights["int4"] - sixteen) == pytest.approx((weights["bf16"] - sixteen) / 4 * 1.0625)   # + group scales
+
+
+def test_quantized_checkpoints_keep_the_head_and_the_modules_they_ignore_in_16_bits():
+    """The LM head is a 16-bit GEMM whatever the weight dtype, and a checkpoint that leaves its attention
+    projections unquantized (Llama-4-Scout FP8-dynamic's ignore list) streams them at 16 bits."""
+    m = get_model("llama-3.1-8b")
+    ops = {wd: {o.name: o for o in CostModel(m, H100, weight_dtype=wd).breakdown(BatchShape.decode(1, 512))}
+           for wd in ("bf16", "fp8", "int4")}
+    assert ops["fp8"]["lm_head"].bytes == ops["int4"]["lm_head"].bytes == ops["bf16"]["lm_head"].bytes
+    assert ops["fp8"]["lm_head"].time_s == pytest.approx(ops["bf16"]["lm_head"].time_s)
+    assert ops["fp8"]["qkv_proj"].bytes < 0.6 * ops["bf16"]["qkv_proj"].bytes
+    scout = get_model("RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic")
+    assert scout.unquantized_modules == ("attention",) and scout.default_weight_dtype == "fp8"
+    plain = dataclasses.replace(scout, unquantized_modules=())
+    mixed, all8 = CostModel(scout, H100, tp=2), CostModel(plain, H100, tp=2)
+    attn = scout.num_layers * scout.attention_params_per_layer / 2          # per GPU
+    assert mixed.weight_bytes_per_gpu - all8.weight_bytes_per_gpu == pytest.approx(attn * (2 - 1))
+    shape = BatchShape.decode(32, 1024)
+    o_mixed = {o.name: o for o in mixed.breakdown(shape)}
+    o_all8 = {o.name: o for o in all8.breakdown(shape)}
+    assert o_mixed["qkv_proj"].bytes == pytest.approx(2 * o_all8["qkv_proj"].bytes, rel=0.05)
+    assert o_mixed["moe_experts"].bytes == pytest.approx(o_all8["moe_experts"].bytes)
+    assert mixed.step_time(shape) > all8.step_time(shape)
+
+
+def test_a_hf_quantization_config_ignoring_attention_marks_it_unquantized(tmp_path):
+    import json
+
+    from sim.models import load_hf_config
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 4096, "num_hidden_layers": 32,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 14336, "vocab_size": 128256,
+           "quantization_config": {"quant_method": "compressed-tensors", "format": "float-quantized",
+                                   "config_groups": {"g": {"weights": {"num_bits": 8, "type": "float"},
+                                                           "targets": ["Linear"]}},
+                                   "ignore": ["lm_head"]}}
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(cfg))
+    assert load_hf_config(path).unquantized_modules == ()
+    cfg["quantization_config"]["ignore"] += ["model.layers.0.self_attn.q_proj", "vision_tower.layers.0.q_proj"]
+    path.write_text(json.dumps(cfg))
+    spec = load_hf_config(path)
+    assert spec.default_weight_dtype == "fp8" and spec.unquantized_modules == ("attention",)
 
 
 def test_fp8_kv_halves_kv_bytes_and_raises_kv_capacity():

@@ -246,3 +246,55 @@ def test_out_into_an_existing_folder_keeps_its_other_files(tmp_path):
     assert p.returncode == 0, p.stderr
     assert (out / "notes.txt").read_text() == "mine"
     assert (out / "summary.json").exists() and (out / "requests.parquet").exists()
+
+
+def test_a_reused_out_folder_describes_only_the_latest_run(tmp_path):
+    """A plain run into a folder that held a replicated run with a report and a time series removes those
+    outputs of the earlier run (they would read as this run's) and keeps the user's own files."""
+    cfg = write_yaml(tmp_path / "run.yaml", BASE)
+    out = tmp_path / "out"
+    p = servesim("run", cfg, "--out", out, "--seeds", "2", "--set", "sim.sample_interval_s=0.5")
+    assert p.returncode == 0, p.stderr
+    assert {"replications.csv", "timeseries.parquet", "report.html"} <= {f.name for f in out.iterdir()}
+    (out / "notes.txt").write_text("mine")
+    p = servesim("run", cfg, "--out", out, "--no-report")
+    assert p.returncode == 0, p.stderr
+    assert {f.name for f in out.iterdir()} == {"summary.json", "requests.parquet", "config.yaml", "notes.txt"}
+    assert "replications" not in json.loads((out / "summary.json").read_text())
+
+
+@pytest.mark.parametrize("option, target", [("--out", "afile/sub"), ("--out", "afile"), ("--trace-out", "adir"),
+                                            ("--out", "/proc/servesim-nope/run")])
+def test_an_output_path_that_cannot_be_written_is_refused_before_simulating(tmp_path, option, target):
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "adir").mkdir()
+    cfg = write_yaml(tmp_path / "run.yaml", with_(BASE, workload={**BASE["workload"],
+                                                                   "stages": [{"rate": 5, "duration_s": 10_000}]}))
+    p = servesim("run", cfg, option, target, cwd=tmp_path)          # a long run: refused before it starts
+    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "Traceback" not in p.stderr, p.stderr
+    assert option in p.stderr
+
+
+def test_relative_paths_resolve_against_the_config_file_and_config_yaml_reruns_anywhere(tmp_path):
+    """A model given as a config.json path and a trace path, both relative to the config file, are written
+    absolute into config.yaml; --set paths are relative to the working directory."""
+    import shutil
+
+    cfgdir = tmp_path / "cfg"
+    (cfgdir / "models").mkdir(parents=True)
+    shutil.copy(ROOT / "tests" / "data" / "model_configs" / "qwen2.5-7b-instruct.json", cfgdir / "models" / "config.json")
+    shutil.copy(MIXTRAL_HEAD, cfgdir / "trace.csv")
+    cfg = write_yaml(cfgdir / "run.yaml", with_(BASE, model="models/config.json",
+                                                workload={"type": "trace", "path": "trace.csv", "max_requests": 20}))
+    p = servesim("run", cfg, "--out", tmp_path / "out")
+    assert p.returncode == 0, p.stderr
+    written = yaml.safe_load((tmp_path / "out" / "config.yaml").read_text())
+    model = written["model"]["name"] if isinstance(written["model"], dict) else written["model"]
+    assert Path(model).is_absolute() and Path(written["workload"]["path"]).is_absolute()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    p = servesim("run", tmp_path / "out" / "config.yaml", "--json", cwd=elsewhere)
+    assert p.returncode == 0, p.stderr
+    shutil.copy(MIXTRAL_HEAD, elsewhere / "cwd_trace.csv")
+    p = servesim("run", cfg, "--set", "workload.path=cwd_trace.csv", "--json", cwd=elsewhere)
+    assert p.returncode == 0, p.stderr

@@ -268,3 +268,18 @@ def test_moe_layout_study_resolves_every_layout_and_builds_its_deployment():
         dep = Deployment(cfg, simpy.Environment(), np.random.SeedSequence(0), RequestLog())
         assert len(dep.replicas) == replicas
         assert (dep.lockstep is not None) == (ep > tp)
+
+
+def test_a_path_among_a_sweeps_values_is_relative_to_the_sweep_file(tmp_path):
+    import shutil
+
+    sub = tmp_path / "sub"
+    sub.mkdir()
+    shutil.copy(ROOT / "tests" / "data" / "traces" / "validation_mixtral_head.csv", sub / "t.csv")
+    spec = {"base": {**BASE, "workload": {"type": "trace", "path": "t.csv", "max_requests": 5}},
+            "grid": {"workload.path": ["t.csv"]}}
+    (sub / "sweep.yaml").write_text(yaml.safe_dump(spec))
+    res = run_sweep(sub / "sweep.yaml", tmp_path / "out", workers=1, report=False)   # run from elsewhere
+    assert (res.table["status"] == "ok").all(), res.table["error"].tolist()
+    cfg = yaml.safe_load(next((tmp_path / "out" / "runs").glob("*/config.yaml")).read_text())
+    assert cfg["workload"]["path"] == str(sub / "t.csv")

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from workloads.build import build_workload
-from workloads.describe import _PrefixTrie, describe
+from workloads.describe import _PrefixTrie, describe, describe_config
 
 from .test_workload_formats import AZURE_CODE_HEAD, MOONCAKE_HEAD, SHAREGPT_HEAD
 from tests.paths import SERVESIM
@@ -94,7 +94,8 @@ def test_describe_a_run_config_and_a_session_workload(tmp_path):
     # turn k's prompt holds turn k-1's prompt: prompts are 50, 120, 190 tokens; 50 + 120 of them are hits
     assert d["prefix_hit_upper_bound"] == pytest.approx((50 + 120) / (50 + 120 + 190))
     assert any("zero-service-time" in n for n in d["notes"])
-    same = describe({**wl, "pacing": "after_arrival"}, seed=9).summary()
+    run_seed = np.random.SeedSequence(9).spawn(1)[0]               # the run's workload stream (experiments.runner)
+    same = describe_config({**wl, "pacing": "after_arrival"}, seed=run_seed).summary()
     assert same["rows"] == d["rows"] and same["duration_s"] == pytest.approx(d["duration_s"])
     w = tmp_path / "w.yaml"
     w.write_text(yaml.safe_dump({"type": "trace", "path": "t.csv"}))
@@ -122,3 +123,63 @@ def test_cli_errors_are_one_line(tmp_path):
     bad.write_text("type: sessions\nturns: 3\n")
     res = cli("workload", "describe", bad)
     assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1 and "arrival" in res.stderr
+    bad.write_text(f"type: trace\npath: {AZURE_CODE_HEAD}\ntime_scale: .inf\n")   # once NaN arrival times
+    res = cli("workload", "describe", bad)
+    assert res.returncode == 2 and len(res.stderr.strip().splitlines()) == 1
+    assert "time_scale" in res.stderr and "must be a finite number > 0" in res.stderr
+
+
+@pytest.mark.parametrize("seed", ["abc", "null"])
+def test_describe_validates_a_run_config_as_run_does(tmp_path, seed):
+    (tmp_path / "t.csv").write_text("arrival_time_s,input_tokens,output_tokens\n0,10,5\n1,10,5\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: llama-2-7b\nsim: {{progress: false}}\nworkload: {{type: trace, path: t.csv}}\n"
+                   f"seed: {seed}\n")
+    described, ran = cli("workload", "describe", cfg), cli("run", cfg, "--out", tmp_path / "out")
+    assert described.returncode == ran.returncode == 2
+    assert described.stderr == ran.stderr and len(ran.stderr.strip().splitlines()) == 1 and "'seed'" in ran.stderr
+
+
+def _clip_config(tmp_path, engine: str = "") -> object:
+    # two prompts shared whole, two sharing a 4,500-token prefix; llama-2-7b's context is 4,096 tokens
+    (tmp_path / "t.csv").write_text("arrival_time_s,input_tokens,output_tokens,prompt_id,prefix_group,prefix_len\n"
+                                    "0,3000,100,p,,\n1,3000,100,p,,\n2,5000,50,q,g,4500\n3,5000,50,r,g,4500\n")
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"model: llama-2-7b\nsim: {{progress: false}}\n{engine}workload: {{type: trace, path: t.csv}}\n")
+    return cfg
+
+
+def test_describe_clips_to_the_runs_max_model_len(tmp_path):
+    d = describe(_clip_config(tmp_path)).summary()               # the model's context length: 4,096
+    assert d["clipped"] == 2 and d["input_tokens"]["max"] == 4095
+    assert d["prefix_hit_upper_bound"] == pytest.approx((3000 + 4095) / (2 * 3000 + 2 * 4095))
+    cfg = _clip_config(tmp_path, "engine: {max_model_len: 3050}\n")
+    res = cli("workload", "describe", cfg, "--json")
+    assert res.returncode == 0, res.stderr
+    d = json.loads(res.stdout)
+    assert d["clipped"] == 4 and d["input_tokens"]["max"] == 3049
+    assert d["prefix_hit_upper_bound"] == pytest.approx((3000 + 3049) / (2 * 3000 + 2 * 3049))
+    ran = cli("run", cfg, "--json")
+    assert ran.returncode == 0, ran.stderr
+    assert json.loads(ran.stdout)["requests"]["clipped"] == d["clipped"]
+    unclipped = describe({"type": "trace", "path": str(tmp_path / "t.csv")}).summary()
+    assert unclipped["clipped"] == 0 and unclipped["prefix_hit_upper_bound"] == pytest.approx(7500 / 16000)
+
+
+def test_peak_rate_is_never_below_the_mean(tmp_path):
+    short = tmp_path / "short.csv"                             # 6 rows over 2.1 s: less than the 1-min window
+    short.write_text("arrival_time_s,input_tokens,output_tokens\n"
+                     + "".join(f"{t},1,1\n" for t in (0, 0.35, 0.9, 1.2, 1.75, 2.1)))
+    d = describe(short).summary()
+    assert d["peak_1min_rate_per_s"] == pytest.approx(d["rate_per_s"]) == pytest.approx(6 / 2.1)
+    assert any("less than a minute" in n for n in d["notes"])
+    ends = tmp_path / "ends.csv"                               # bunched at both ends of a 61 s span
+    ends.write_text("arrival_time_s,input_tokens,output_tokens\n" + "".join(f"{t},1,1\n" for t in [0] * 5 + [61] * 5))
+    e = describe(ends).summary()
+    assert e["peak_1min_rate_per_s"] >= e["rate_per_s"] == pytest.approx(10 / 61)
+    times = list(range(30)) + list(range(40, 301, 10))         # a 30 s burst, then one every 10 s
+    burst = tmp_path / "burst.csv"
+    burst.write_text("arrival_time_s,input_tokens,output_tokens\n" + "".join(f"{t},1,1\n" for t in times))
+    b = describe(burst).summary()
+    assert b["peak_1min_rate_per_s"] == pytest.approx(33 / 60) and b["rate_per_s"] == pytest.approx(57 / 300)
+    assert not any("less than a minute" in n for n in b["notes"])

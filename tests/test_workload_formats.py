@@ -6,6 +6,8 @@ arrivals, tenant tagging) and Mooncake prefix identity.
 """
 from __future__ import annotations
 
+import bz2
+import gzip
 import json
 import math
 import os
@@ -74,6 +76,75 @@ def test_azure_2024_layout(tmp_path):
     assert t.format == "azure_2024"
     assert np.allclose(t.arrival_s, [0.0, 0.99007, 2.49007, 86402.49007])
     assert t.input_tokens.tolist() == [4808, 3180, 110, 10]
+
+
+@pytest.mark.parametrize("name, opener", [("bom.csv", None), ("azure.csv.gz", gzip.open), ("azure.csv.bz2", bz2.open)])
+def test_auto_format_reads_the_header_as_pandas_does(tmp_path, name, opener):
+    raw = AZURE_CONV_HEAD.read_bytes()
+    p = tmp_path / name
+    if opener is None:
+        p.write_bytes(b"\xef\xbb\xbf" + raw)                    # a UTF-8 byte-order mark (Excel, PowerShell)
+    else:
+        with opener(p, "wb") as f:
+            f.write(raw)
+    assert sniff_format(p) == "azure_2023"
+    t, plain = load_table(p), load_table(AZURE_CONV_HEAD)
+    assert t.format == "azure_2023" and t.input_tokens.tolist() == plain.input_tokens.tolist()
+    assert np.array_equal(t.arrival_s, plain.arrival_s)
+    bom24 = tmp_path / "bom24.csv"
+    bom24.write_text("\ufeffTIMESTAMP,ContextTokens,GeneratedTokens\n2024-05-10 00:00:01+00:00,31,8\n",
+                     encoding="utf-8")
+    assert sniff_format(bom24) == "azure_2024"
+
+
+def test_missing_columns_say_one_coherent_thing(tmp_path):
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbf" + AZURE_CONV_HEAD.read_bytes())
+    with pytest.raises(TraceError) as e:
+        load_table(p, "csv")                                   # an Azure file read as servesim's csv
+    msg = str(e.value)
+    assert "set format: azure_2023" in msg and "did you mean" not in msg and "\n" not in msg
+    q = tmp_path / "typo.csv"
+    q.write_text("arrival_time_s,Input_Tokens,output_tokens\n0,1,1\n")
+    with pytest.raises(TraceError) as e:
+        load_table(q)
+    assert str(e.value).count("did you mean") == 1 and "did you mean Input_Tokens?" in str(e.value)
+
+
+def test_error_locations_match_the_file(tmp_path):
+    mc = tmp_path / "m.jsonl"                                  # Mooncake times are milliseconds: quote them so
+    mc.write_text('{"timestamp": -3, "input_length": 5, "output_length": 1}\n')
+    with pytest.raises(TraceError, match=r"data row 1 \(line 1\), column 'timestamp': negative arrival time -3 ms"):
+        load_table(mc)
+    mc.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n\n'
+                  '{"timestamp": 1, "input_length": 5, "output_length": -1}\n')
+    with pytest.raises(TraceError, match=r"data row 2 \(line 3\), column 'output_length'"):
+        load_table(mc)
+    ms = tmp_path / "ms.csv"
+    ms.write_text("arrival_time_s,input_tokens,output_tokens\n5,1,1\n2,1,1\n")
+    with pytest.raises(TraceError, match=r"CSV line 3\).*arrival time 2 ms is earlier than the previous row's 5 ms"):
+        load_table(ms, time_unit="ms")
+    img = tmp_path / "img.csv"                                 # image checks: 1-based rows and CSV lines, as above
+    img.write_text("arrival_time_s,input_tokens,output_tokens,image_ids,image_tokens\n0,700,10,a;b,576\n")
+    with pytest.raises(TraceError, match=r"data row 1 \(CSV line 2\), column 'input_tokens'.*images take 1152"):
+        build_workload({"type": "trace", "path": str(img)}, 0)
+    img.write_text("arrival_time_s,input_tokens,output_tokens,image_ids,image_tokens\n0,700,10,a,5\n\n1,700,10,b,x\n")
+    with pytest.raises(TraceError, match=r"data row 2 \(CSV line 4\), column 'image_tokens'.*'x'"):
+        build_workload({"type": "trace", "path": str(img)}, 0)
+    img.write_text("arrival_time_s,input_tokens,output_tokens,image_ids\n5,700,10,a\n1,7,10,b\n")
+    with pytest.raises(TraceError, match=r"data row 2 \(CSV line 3\), column 'input_tokens'.*input_tokens is 7"):
+        build_workload({"type": "trace", "path": str(img), "sort": True, "image_tokens": 100}, 0)
+
+
+def test_json_flags_and_huge_counts_are_refused(tmp_path):
+    p = tmp_path / "m.jsonl"
+    p.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1}\n'
+                 '{"timestamp": 1, "input_length": true, "output_length": 1}\n')
+    with pytest.raises(TraceError, match=r"data row 2 \(line 2\), column 'input_length'.*true/false"):
+        load_table(p)
+    p.write_text('{"timestamp": 0, "input_length": 5, "output_length": 1e20}\n')
+    with pytest.raises(TraceError, match=r"data row 1 \(line 1\), column 'output_length'.*out of range"):
+        load_table(p)
 
 
 def test_mooncake_slice_and_prefix_segments():

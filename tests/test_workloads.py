@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -284,6 +285,17 @@ HEADER = "arrival_time_s,input_tokens,output_tokens\n"
      r"data row 4 \(CSV line 5\), column 'arrival_time_s'.*earlier than the previous.*sort"),
     ("arrival_time_s,input_tokens,output_tokens,prefix_group,prefix_len\n0,5,5,1,-1\n",
      r"data row 1 \(CSV line 2\), column 'prefix_len'.*negative"),
+    # a count past int64 once overflowed to a silently dropped 0-token row
+    (HEADER + "0,5,5\n1,1e20,5\n", r"data row 2 \(CSV line 3\), column 'input_tokens'.*1e\+20 is out of range"),
+    (HEADER + "0,5,1000000001\n", r"data row 1 \(CSV line 2\), column 'output_tokens'.*out of range"),
+    # pandas reads an all-true/false column as booleans, which would replay as 1-token prompts
+    (HEADER + "0,true,5\n1,false,5\n", r"data row 1 \(CSV line 2\), column 'input_tokens'.*true/false"),
+    ("arrival_time_s,input_tokens,output_tokens,stage_index\n0,5,5,0\n1,5,5,-1\n",
+     r"data row 2 \(CSV line 3\), column 'stage_index'.*-1 is not a stage index"),
+    # lines are counted in the file: blank lines and quoted line breaks do not shift them
+    (HEADER + "0,5,5\n\n1,5,5\n2,x,5\n", r"data row 3 \(CSV line 5\), column 'input_tokens'.*not a number"),
+    ("arrival_time_s,input_tokens,output_tokens,tenant\n0,5,5,\"a\nb\"\n1,-5,5,c\n",
+     r"data row 2 \(CSV line 4\), column 'input_tokens'.*negative"),
 ])
 def test_malformed_trace_rows(tmp_path, body, match):
     p = write(tmp_path, body)
@@ -291,6 +303,36 @@ def test_malformed_trace_rows(tmp_path, body, match):
         load_trace(p)
     msg = str(e.value)
     assert "\n" not in msg and str(p) in msg
+
+
+def test_huge_counts_raise_without_overflow_warnings(tmp_path):
+    p = write(tmp_path, HEADER + "0,5,5\n1,1e20,5\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")                          # the int64 cast warned, then dropped the row
+        with pytest.raises(TraceError, match="out of range"):
+            load_trace(p)
+
+
+@pytest.mark.parametrize("key, value, match", [("time_scale", math.inf, "must be a finite number > 0"),
+                                               ("rate_scale", -math.inf, "greater than 0"),
+                                               ("time_scale", math.nan, "greater than 0"),
+                                               ("rate_scale", math.inf, "must be a finite number > 0")])
+def test_non_finite_trace_scales_are_refused(key, value, match):
+    with pytest.raises(ValidationError, match=match) as e:
+        build_workload({"type": "trace", "path": str(SLICE), key: value}, 0)
+    assert key in str(e.value)
+    with pytest.raises(TraceError, match="finite"):
+        load_trace(SLICE, time_scale=math.inf)
+
+
+def test_non_finite_rates_and_times_are_refused():
+    with pytest.raises(ValidationError, match="finite"):
+        build_workload(poisson_cfg(stages=((math.inf, 10.0),)), 0)
+    with pytest.raises(ValidationError, match="finite"):
+        PoissonWorkload(**poisson_cfg(input_len={"dist": "lognormal", "mean": math.inf, "sigma": 1}))
+    with pytest.raises(ValidationError, match="finite"):
+        TypeAdapter(WorkloadConfig).validate_python({"type": "closed_loop", "clients": 2, "num_requests": 5,
+                                                     "input_len": 5, "output_len": 5, "think_time_s": math.inf})
 
 
 def test_malformed_trace_files(tmp_path):

@@ -19,9 +19,9 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, NonNegativeFloat, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
-from .dist_config import StrictModel
+from .dist_config import NonNegativeFloat, PositiveFloat, StrictModel
 
 
 class Stage(StrictModel):

@@ -41,13 +41,13 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import Field, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, model_validator
+from pydantic import Field, NonNegativeInt, PositiveInt, model_validator
 
 from .arrival_config import (ArrivalConfig, DiurnalArrival, GammaArrival, MMPPArrival, OnOffArrival,  # noqa: F401
                              PoissonArrival, ReplayArrival, Stage, StagesArrival)
 from .dist_config import (EmpiricalLength, ExponentialTime, FixedLength, FixedTime, GammaTime,  # noqa: F401
                           LengthDist, LengthFilter, LognormalLength, LognormalTime, NormalLength, StrictModel,
-                          TimeDist, UniformLength, UniformTime, ZipfLength)
+                          NonNegativeFloat, PositiveFloat, TimeDist, UniformLength, UniformTime, ZipfLength)
 
 _Model = StrictModel
 

@@ -7,7 +7,9 @@ with ``rows, duration_s, rate_per_s, input_tokens.{mean,p50,p90,p99,max},
 output_tokens.{...}, interarrival_cv, prefix_hit_upper_bound`` and a few more.
 
 * ``duration_s`` is the span from the first to the last arrival and ``rate_per_s`` is rows over it;
-  ``interarrival_cv`` is std / mean of the gaps (1 for Poisson). All None without arrival times.
+  ``interarrival_cv`` is std / mean of the gaps (1 for Poisson); ``peak_1min_rate_per_s`` is the most
+  arrivals in a minute, per second (over the whole span when it is shorter), never below the mean
+  rate. All None without arrival times.
 * ``prefix_hit_upper_bound`` is the fraction of prompt tokens an infinite prefix cache could serve
   if requests ran one after another in arrival order: each prompt's longest common prefix, in tokens,
   with any earlier prompt, by segment identity (`_PrefixTrie`), over all prompt tokens. It is
@@ -30,6 +32,8 @@ import numpy as np
 
 from sim.errors import ConfigError
 
+#: Window of the peak rate (a trace shorter than this: its whole span).
+PEAK_WINDOW_S = 60.0
 #: The prefix bound is computed over at most this many prompts (its trie grows with the segments seen).
 PREFIX_ROWS = 500_000
 _YAML = (".yaml", ".yml")
@@ -112,17 +116,28 @@ class WorkloadDescription:
             gaps = np.diff(t)
             cv = float(gaps.std() / gaps.mean()) if gaps.mean() > 0 else None
             if duration > 0:
-                w = min(60.0, duration)
-                right = np.searchsorted(t, t + w, side="left")
-                peak = float((right - np.arange(rows)).max() / w)
+                peak = _peak_rate(t, min(PEAK_WINDOW_S, duration), rate)
+        notes = list(self.notes)
+        if duration is not None and 0 < duration < PEAK_WINDOW_S:
+            notes.append(f"the trace spans {duration:.3g} s, less than a minute: its peak 1-min rate is the rate "
+                         f"over that span")
         return {
             "source": self.source, "kind": self.kind, "rows": rows,
             "duration_s": duration, "rate_per_s": rate, "peak_1min_rate_per_s": peak, "interarrival_cv": cv,
             "input_tokens": _dist(self.input_tokens), "output_tokens": _dist(self.output_tokens),
             "prefix_hit_upper_bound": self.prefix_hit_upper_bound,
             "sessions": self.sessions, "classes": dict(self.classes) or None,
-            "dropped": self.dropped, "clipped": self.clipped, "notes": list(self.notes),
+            "dropped": self.dropped, "clipped": self.clipped, "notes": notes,
         }
+
+
+def _peak_rate(t: np.ndarray, w: float, mean: float) -> float:
+    """Most arrivals in a closed window [t_i, t_i + w], per second, and never below the mean rate.
+
+    The mean counts every row over the span, so a window as long as the span gives exactly the mean;
+    windows shorter than a span with arrivals bunched at both ends could each hold less than that."""
+    right = np.searchsorted(t, t + w, side="right")
+    return max(float((right - np.arange(len(t))).max() / w), mean)
 
 
 def _dist(x: np.ndarray) -> dict:
@@ -143,18 +158,46 @@ def _nice(x: float) -> float:
 
 def describe(source: str | Path | Mapping[str, Any], *, fmt: str = "auto", seed: int | None = None,
              max_model_len: int | None = None) -> WorkloadDescription:
-    """Describe a workload config (dict / YAML) or a trace file (see the module docstring)."""
+    """Describe a workload config (dict / YAML) or a trace file (see the module docstring).
+
+    A run config is validated as `servesim run` validates it, and its workload is described as the run
+    would replay it: built from the run's workload seed, clipped to the run's max_model_len."""
     if isinstance(source, Mapping):
         return describe_config(dict(source), seed=0 if seed is None else seed, max_model_len=max_model_len)
     p = Path(source)
-    if p.suffix.lower() in _YAML:
-        cfg, cfg_seed = _read_workload_yaml(p)
-        return describe_config(cfg, seed=cfg_seed if seed is None else seed, max_model_len=max_model_len,
-                               source=str(p))
-    return describe_trace(p, fmt=fmt)
+    if p.suffix.lower() not in _YAML:
+        return describe_trace(p, fmt=fmt)
+    data = _read_yaml(p)
+    if "workload" in data and "base" not in data:          # a run config (sweep and plan files have a base)
+        from experiments.config import load_config
+
+        run = load_config(p, [f"seed={seed}"] if seed is not None else None)
+        return describe_config(run.workload, seed=np.random.SeedSequence(run.seed).spawn(1)[0],
+                               max_model_len=max_model_len or run_max_model_len(run), source=str(p))
+    cfg = data.get("workload", data)
+    if not isinstance(cfg, dict) or "type" not in cfg:
+        raise ConfigError(f"{p}: the workload needs a 'type' (poisson, synthetic, sessions, trace, ...)")
+    cfg_seed = data.get("seed", 0) if "workload" in data else 0
+    if isinstance(cfg_seed, bool) or not isinstance(cfg_seed, int):
+        raise ConfigError(f"{p}: seed must be a whole number (got {cfg_seed!r})")
+    return describe_config(_resolve_paths(cfg, p.resolve().parent), seed=cfg_seed if seed is None else seed,
+                           max_model_len=max_model_len, source=str(p))
 
 
-def _read_workload_yaml(p: Path) -> tuple[dict, int]:
+def run_max_model_len(run: Any) -> int:
+    """The max_model_len a run of `run` (a RunConfig) clips prompts to: engine.max_model_len, else the
+    shortest context length of its models (each replica's default, as `experiments.build.plan_replica`)."""
+    if run.engine.max_model_len:
+        return run.engine.max_model_len
+    from sim.models import get_model
+
+    names = {run.model.name}
+    if run.cascade is not None:
+        names |= {t.model or run.model.name for t in run.cascade.tiers}
+    return min(get_model(n).max_position_embeddings for n in sorted(names))
+
+
+def _read_yaml(p: Path) -> dict:
     import yaml
 
     if not p.is_file():
@@ -165,11 +208,7 @@ def _read_workload_yaml(p: Path) -> tuple[dict, int]:
         raise ConfigError(f"{p}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"{p}: expected a workload (a mapping with 'type') or a run config with 'workload:'")
-    seed = int(data.get("seed", 0)) if "workload" in data else 0
-    cfg = data["workload"] if "workload" in data else data
-    if not isinstance(cfg, dict) or "type" not in cfg:
-        raise ConfigError(f"{p}: the workload needs a 'type' (poisson, synthetic, sessions, trace, ...)")
-    return _resolve_paths(cfg, p.resolve().parent), seed
+    return data
 
 
 def _resolve_paths(node: Any, base: Path) -> Any:
@@ -183,9 +222,9 @@ def _resolve_paths(node: Any, base: Path) -> Any:
     return node
 
 
-def describe_config(cfg: dict, *, seed: int = 0, max_model_len: int | None = None,
+def describe_config(cfg: Any, *, seed: int | np.random.SeedSequence = 0, max_model_len: int | None = None,
                     source: str | None = None) -> WorkloadDescription:
-    """Describe the workload a config builds."""
+    """Describe the workload a config (a dict or a validated workload model) builds."""
     from .build import build_workload, parse_workload_config
 
     model = parse_workload_config(cfg)

@@ -23,10 +23,23 @@ Only validation happens here; sampling is in `workloads.lengths`.
 """
 from __future__ import annotations
 
+import math
 from typing import Annotated, Any, Literal, Union
 
-from pydantic import (BaseModel, BeforeValidator, ConfigDict, Field, NonNegativeFloat, PositiveFloat,
-                      PositiveInt, model_validator)
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PositiveInt, model_validator
+
+
+def _finite(bound: str):
+    def check(v: float) -> float:
+        if not math.isfinite(v):
+            raise ValueError(f"must be a finite number {bound} (got {v})")
+        return v
+    return check
+
+
+# YAML's .inf passes pydantic's gt / ge checks and would turn into NaN arrival times: refuse it.
+PositiveFloat = Annotated[float, Field(gt=0), AfterValidator(_finite("> 0"))]
+NonNegativeFloat = Annotated[float, Field(ge=0), AfterValidator(_finite(">= 0"))]
 
 
 class StrictModel(BaseModel):

@@ -29,6 +29,7 @@ or output tokens are kept here (the workload drops and counts them).
 """
 from __future__ import annotations
 
+import difflib
 import json
 import os
 from collections.abc import Hashable, Sequence
@@ -42,7 +43,7 @@ import pandas as pd
 from sim.errors import TraceError, did_you_mean
 from sim.registry import get, register
 
-from .validate import Locator, check_times, count_values, counts, first, numeric
+from .validate import MAX_TOKENS, Locator, check_times, count_values, counts, first, numeric
 
 PARQUET = (".parquet", ".pq")
 CSV_COLUMNS = ("arrival_time_s", "input_tokens", "output_tokens", "prompt_id", "prefix_group", "prefix_len",
@@ -137,15 +138,34 @@ def read_frame(path: str | os.PathLike, required: Sequence[str] = ("arrival_time
 
 
 def require_columns(df: pd.DataFrame, path: str | os.PathLike, need: Sequence[str],
-                    aliases: dict[str, str] | None = None) -> None:
-    """Error naming the missing columns (as the file would name them) and the closest found ones."""
+                    aliases: dict[str, str] | None = None, fmt: str | None = None) -> None:
+    """Error naming the missing columns (as the file would name them) and one hint: the format whose
+    columns the file has (when it is not `fmt`, the format being read), else the closest found names."""
     aliases = aliases or {}
     missing = [aliases.get(c, c) for c in need if c not in df.columns]
-    if missing:
-        found = [aliases.get(str(c), str(c)) for c in df.columns]
-        hints = "".join(did_you_mean(m, found) for m in missing)
-        raise TraceError(f"trace {path}: missing required column(s) {', '.join(missing)}{hints}; found columns: "
-                         f"{', '.join(found)}; the trace needs {', '.join(aliases.get(c, c) for c in need)}")
+    if not missing:
+        return
+    found = [aliases.get(str(c), str(c)) for c in df.columns]
+    stamp = df["TIMESTAMP"].iloc[0] if "TIMESTAMP" in df.columns and len(df) else None
+    other = format_of_columns(found, stamp)
+    if fmt is not None and other is not None and other != fmt:
+        raise TraceError(f"trace {path}: missing required column(s) {', '.join(missing)} of the {fmt} format; its "
+                         f"columns {', '.join(found)} are the {other} format's: set format: {other} (or auto)")
+    close = _close_names(missing, [f for f in found if f not in {aliases.get(c, c) for c in need}])
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    raise TraceError(f"trace {path}: missing required column(s) {', '.join(missing)}{hint}; found columns: "
+                     f"{', '.join(found)}; the trace needs {', '.join(aliases.get(c, c) for c in need)}")
+
+
+def _close_names(names: Sequence[str], found: Sequence[str]) -> list[str]:
+    """The found names closest to any of `names` (case-insensitive), each once, spelt as in the file."""
+    by_lower = {f.lower(): f for f in found}
+    close: list[str] = []
+    for n in names:
+        for m in difflib.get_close_matches(n.lower(), list(by_lower), n=3, cutoff=0.5):
+            if by_lower[m] not in close:
+                close.append(by_lower[m])
+    return close
 
 
 def _key(v: Any) -> Hashable:
@@ -188,24 +208,25 @@ def load_csv(path: str | os.PathLike, *, columns: dict[str, str] | None = None, 
         df = df.drop(columns=[c for c in columns if c in df.columns and c not in columns.values()])
         df = df.rename(columns={v: k for k, v in columns.items()})
     aliases = {k: v for k, v in columns.items()}
-    loc = Locator(path, csv=Path(path).suffix.lower() not in PARQUET, aliases=aliases)
-    require_columns(df, path, need, aliases)
+    loc = Locator(path, csv=not is_parquet(path), aliases=aliases)
+    require_columns(df, path, need, aliases, fmt=None if columns else fmt)
     if ("prefix_group" in df.columns) != ("prefix_len" in df.columns):
         have, want = ("prefix_group", "prefix_len") if "prefix_group" in df.columns else ("prefix_len", "prefix_group")
         raise TraceError(f"trace {path}: column {loc.column(have)!r} needs column {loc.column(want)!r} as well; "
                          f"add it or drop {loc.column(have)!r}")
     arrival = None
     if "arrival_time_s" in df.columns:
-        arrival = check_times(numeric(df, "arrival_time_s", loc) * _UNIT[time_unit], "arrival_time_s", loc,
-                              require_sorted=not sort)
+        arrival = check_times(numeric(df, "arrival_time_s", loc), "arrival_time_s", loc, require_sorted=not sort,
+                              unit=time_unit) * _UNIT[time_unit]
     inp = counts(df, "input_tokens", loc)
     out = counts(df, "output_tokens", loc)
     plen = counts(df, "prefix_len", loc, allow_missing=True) if "prefix_len" in df.columns else None
     stage = None
     if "stage_index" in df.columns:
         s = numeric(df, "stage_index", loc)
-        if (i := first(~np.isnan(s) & ((s != np.floor(s)) | np.isinf(s)))) is not None:
-            raise TraceError(f"{loc(i, 'stage_index')}: value {s[i]} is not a whole number; use 0, 1, ...")
+        if (i := first(~np.isnan(s) & ((s != np.floor(s)) | (s < 0) | (s > MAX_TOKENS)))) is not None:
+            raise TraceError(f"{loc(i, 'stage_index')}: value {s[i]:g} is not a stage index; use a whole number "
+                             f"0, 1, 2, ...")
         stage = np.where(np.isnan(s), 0, s).astype(np.int64)
     table = TraceTable(
         str(path), fmt, inp, out, arrival, stage,
@@ -263,8 +284,8 @@ def load_azure(path: str | os.PathLike, *, need_time: bool = True, sort: bool = 
                **_: Any) -> TraceTable:
     """Azure LLM inference traces (2023 and 2024): wall-clock TIMESTAMP, ContextTokens, GeneratedTokens."""
     df = read_frame(path, AZURE)
-    require_columns(df, path, AZURE)
-    loc = Locator(path)
+    require_columns(df, path, AZURE, fmt=fmt)
+    loc = Locator(path, csv=not is_parquet(path))
     raw = df["TIMESTAMP"]
     ts = pd.to_datetime(raw, format="ISO8601", utc=True, errors="coerce")
     if (i := first(ts.isna().to_numpy())) is not None:
@@ -295,8 +316,8 @@ BURSTGPT = ("Timestamp", "Model", "Request tokens", "Response tokens")
 def load_burstgpt(path: str | os.PathLike, *, need_time: bool = True, sort: bool = False, **_: Any) -> TraceTable:
     """BurstGPT CSV: Timestamp (s), Model, Request tokens, Response tokens (0 = a failed request)."""
     df = read_frame(path, BURSTGPT)
-    require_columns(df, path, BURSTGPT)
-    loc = Locator(path)
+    require_columns(df, path, BURSTGPT, fmt="burstgpt")
+    loc = Locator(path, csv=not is_parquet(path))
     t = check_times(numeric(df, "Timestamp", loc), "Timestamp", loc, require_sorted=not sort)
     table = TraceTable(str(path), "burstgpt", counts(df, "Request tokens", loc), counts(df, "Response tokens", loc),
                        t, tenant=factorize(df["Model"], as_str=True))
@@ -374,11 +395,11 @@ def load_mooncake(path: str | os.PathLike, *, need_time: bool = True, sort: bool
     if len(df) == 0:
         raise TraceError(f"trace {p}: no data rows; add at least one request")
     need = MOONCAKE if need_time else MOONCAKE[1:]
-    require_columns(df, p, need)
+    require_columns(df, p, need, fmt="mooncake")
     loc = Locator(p, line_offset=1, line_word="line")
     t = None
     if "timestamp" in df.columns:
-        t = check_times(numeric(df, "timestamp", loc) / 1000.0, "timestamp", loc, require_sorted=not sort)
+        t = check_times(numeric(df, "timestamp", loc), "timestamp", loc, require_sorted=not sort, unit="ms") / 1000.0
     table = TraceTable(str(p), "mooncake", counts(df, "input_length", loc), counts(df, "output_length", loc), t,
                        hash_ids=hash_ids, block_tokens=512)
     return _finish(table, sort)
@@ -452,32 +473,53 @@ def _message_tokens(msgs: list[Any], p: Path, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- choosing a format
 
 
-def sniff_format(path: str | os.PathLike) -> str:
-    """The format of a file, from its extension and its first line."""
-    p = Path(path)
-    if not p.is_file():
-        raise TraceError(f"trace file {str(p)!r} not found (cwd {os.getcwd()}); check the workload's path")
-    suffix = p.suffix.lower()
-    if suffix in (".jsonl", ".ndjson"):
-        return "mooncake"
-    if suffix == ".json":
-        return "sharegpt"
-    if suffix in PARQUET:
-        cols = set(pd.read_parquet(p).columns)  # small price: parquet metadata read
-    else:
-        with open(p, encoding="utf-8", errors="replace") as f:
-            header, first_row = f.readline(), f.readline()
-        cols = {c.strip().strip('"') for c in header.split(",")}
-        if set(AZURE) <= cols:
-            stamp = first_row.split(",")[0]
-            return "azure_2024" if ("+" in stamp[10:] or stamp.endswith("Z")) else "azure_2023"
+COMPRESSED = (".gz", ".bz2", ".zip", ".xz", ".zst", ".tar")
+
+
+def is_parquet(path: str | os.PathLike) -> bool:
+    """True for a Parquet file (by its extension)."""
+    return Path(path).suffix.lower() in PARQUET
+
+
+def format_of_columns(cols: Sequence[str], first_stamp: Any = None) -> str | None:
+    """The known format (not csv) whose columns `cols` are; `first_stamp`, the first TIMESTAMP, tells the
+    Azure years apart (2024's carry a UTC offset)."""
+    cols = set(cols)
     if set(AZURE) <= cols:
-        return "azure_2023"
+        stamp = first_stamp if isinstance(first_stamp, str) else ""
+        return "azure_2024" if ("+" in stamp[10:] or stamp.endswith("Z")) else "azure_2023"
     if set(BURSTGPT) <= cols:
         return "burstgpt"
     if {"num_prefill_tokens", "num_decode_tokens"} <= cols and "input_tokens" not in cols:
         return "vidur"
-    return "csv"
+    return None
+
+
+def sniff_format(path: str | os.PathLike) -> str:
+    """The format of a file, from its extension and its header, read as the loader reads it (a byte-order
+    mark stripped; .gz, .bz2, .zip, .xz, .zst decompressed by pandas' inference from the name)."""
+    p = Path(path)
+    if not p.is_file():
+        raise TraceError(f"trace file {str(p)!r} not found (cwd {os.getcwd()}); check the workload's path")
+    suffix = p.suffix.lower()
+    if suffix in COMPRESSED:
+        suffix = Path(p.stem).suffix.lower()        # azure.csv.gz: a compressed .csv
+    if suffix in (".jsonl", ".ndjson"):
+        return "mooncake"
+    if suffix == ".json":
+        return "sharegpt"
+    try:
+        if suffix in PARQUET:
+            import pyarrow.parquet as pq
+
+            cols, stamp = pq.read_schema(p).names, None
+        else:
+            head = pd.read_csv(p, nrows=1, dtype=str)
+            cols = [str(c) for c in head.columns]
+            stamp = head["TIMESTAMP"].iloc[0] if "TIMESTAMP" in head.columns and len(head) else None
+    except Exception:  # noqa: BLE001 - not a readable table: the csv loader says what is wrong, in one line
+        return "csv"
+    return format_of_columns(cols, stamp) or "csv"
 
 
 def load_table(path: str | os.PathLike, fmt: str = "auto", *, columns: dict[str, str] | None = None,

@@ -28,7 +28,8 @@ import pandas as pd
 from sim.errors import ConfigError, TraceError
 
 from .base import CHUNK, ArrayWorkload, as_seed_sequence, truncate_segments
-from .formats import PARQUET, TraceTable
+from .formats import PARQUET, TraceTable, is_parquet
+from .validate import MAX_TOKENS, Locator
 
 #: Child index of the images' random stream under the workload's seed: outside the range of
 #: `workloads.base.COMPONENTS`, so drawing images shifts no other component's stream.
@@ -225,23 +226,24 @@ def trace_images(table: TraceTable, *, columns: dict[str, str] | None = None, ti
         if "image_tokens" in df.columns:
             raise TraceError(f"trace {path}: column 'image_tokens' needs column 'image_ids' (';'-separated ids)")
         return None
+    loc = Locator(path, csv=not is_parquet(path))
     counts, ids = _split(df["image_ids"])
     codes, names = pd.factorize(ids, sort=False)
     if "image_tokens" in df.columns:
         tcounts, tvals = _split(df["image_tokens"])
         tok = pd.to_numeric(tvals, errors="coerce").to_numpy(dtype=np.float64)
-        bad = np.flatnonzero(~(tok >= 1) | (tok != np.floor(tok)))
+        bad = np.flatnonzero(~(tok >= 1) | (tok != np.floor(tok)) | (tok > MAX_TOKENS))
         if len(bad):
-            raise TraceError(f"trace {path}: row {int(tvals.index[bad[0]])}: image_tokens value {tvals.iloc[bad[0]]!r} "
-                             f"is not a whole number >= 1")
+            raise TraceError(f"{loc(int(tvals.index[bad[0]]), 'image_tokens')}: value {tvals.iloc[bad[0]]!r} is not "
+                             f"a whole number of tokens in 1..{MAX_TOKENS:,}")
         tok = tok.astype(np.int64)
         exact = tcounts == counts
         missing = tcounts == 0                                          # ids without counts: the default
         wrong = np.flatnonzero(~exact & ~missing & (tcounts != 1) & (counts > 0))
         if len(wrong):
             i = int(wrong[0])
-            raise TraceError(f"trace {path}: row {i}: {tcounts[i]} image_tokens for {counts[i]} image_ids; give one "
-                             f"count per image or one count for all of them")
+            raise TraceError(f"{loc(i, 'image_tokens')}: {tcounts[i]} image_tokens for {counts[i]} image_ids; give "
+                             f"one count per image or one count for all of them")
         row = np.repeat(np.arange(len(counts)), counts)                 # each image's row
         first_img = np.concatenate(([0], np.cumsum(counts)))[:-1]
         first_tok = np.concatenate(([0], np.cumsum(tcounts)))[:-1]
@@ -252,14 +254,17 @@ def trace_images(table: TraceTable, *, columns: dict[str, str] | None = None, ti
         tokens = np.full(len(ids), default_tokens, dtype=np.int64)
     images = Images(np.concatenate(([0], np.cumsum(counts))).astype(np.int64), codes.astype(np.int64), tokens,
                     [str(n) for n in names])
+    order = np.arange(len(counts))                                      # table row -> file row
     if sort and tcol in df.columns:
         raw = pd.to_numeric(df[tcol], errors="coerce").to_numpy(dtype=np.float64)
-        images = images.take(np.argsort(raw, kind="stable"))
+        order = np.argsort(raw, kind="stable")
+        images = images.take(order)
     over = np.flatnonzero(images.row_tokens() > table.input_tokens)
     if len(over):
         i = int(over[0])
-        raise TraceError(f"trace {path}: row {i}: its images take {int(images.row_tokens()[i])} tokens but "
-                         f"input_tokens is {int(table.input_tokens[i])}; input_tokens must count the image tokens")
+        raise TraceError(f"{loc(int(order[i]), 'input_tokens')}: the row's images take {int(images.row_tokens()[i])} "
+                         f"tokens but input_tokens is {int(table.input_tokens[i])}; input_tokens must count the image "
+                         f"tokens")
     return ImageTraceTable(**{f.name: getattr(table, f.name) for f in fields(table)}, images=images)
 
 

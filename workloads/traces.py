@@ -102,8 +102,8 @@ def table_workload(table: TraceTable, *, max_model_len: int | None = None, dropp
 def load_trace(path: str | os.PathLike, *, time_scale: float = 1.0, max_requests: int | None = None,
                max_model_len: int | None = None) -> TraceStream:
     """Read, validate and wrap a servesim CSV / Parquet trace (see `workloads.formats` for the columns)."""
-    if not time_scale > 0:
-        raise TraceError(f"trace {path}: time_scale must be > 0 (got {time_scale})")
+    if not (np.isfinite(time_scale) and time_scale > 0):
+        raise TraceError(f"trace {path}: time_scale must be a finite number > 0 (got {time_scale})")
     table, dropped = drop_empty(_with_trace_images(load_table(path, "csv")))
     if max_requests is not None and max_requests < len(table):
         table = table.take(np.arange(max_requests))
