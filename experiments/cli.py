@@ -68,7 +68,7 @@ def estimate(
     prompt_len: Optional[int] = typer.Option(None, "--prompt-len", help="Prefill: prompt tokens per sequence."),
     context: Optional[int] = typer.Option(None, "--context", help="Decode: tokens already in each sequence's KV cache."),
     phase: Optional[str] = typer.Option(None, "--phase", help="prefill or decode (default: prefill if --prompt-len)."),
-    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="bf16, fp16, fp8, int8, int4."),
+    weight_dtype: Optional[str] = typer.Option(None, "--weight-dtype", help="bf16, fp16, fp8, int8, int4, fp4."),
     kv_dtype: Optional[str] = typer.Option(None, "--kv-dtype", help="bf16, fp16, fp8, int8."),
     engine: str = typer.Option("vllm", "--engine", help="Engine profile: vllm, trtllm, gpt-fast, ideal."),
     naive_attention: bool = typer.Option(False, "--naive-attention", help="Price attention that materialises the score matrix."),

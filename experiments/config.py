@@ -29,7 +29,7 @@ class ModelConfig(_Model):
     """Which model, and in which precision."""
 
     name: str = Field(description="Catalogue name (`servesim catalog models`), Hugging Face id, or path to a config.json.")
-    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"] | None = Field(
         None, description="Weight precision; default: the model's (or its alias's) checkpoint dtype.")
     kv_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
         None, description="KV-cache precision; default: the activation dtype (bf16/fp16). int4 carries group scales "
@@ -166,7 +166,7 @@ class CascadeTier(_Model):
     name: str = Field(description="Tier name (summary key, request log `model` column).")
     model: str | None = Field(None, description="The tier's model (catalogue name, HF id or config.json); default: "
                                                 "the top-level model.")
-    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4"] | None = Field(
+    weight_dtype: Literal["bf16", "fp16", "fp8", "int8", "int4", "fp4"] | None = Field(
         None, description="The tier's weight precision; default: its checkpoint dtype.")
     replicas: PositiveInt = Field(1, description="Replicas of the tier's model.")
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each replica's TP / PP.")

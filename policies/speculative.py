@@ -41,9 +41,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sim.cost import WEIGHT_DTYPES, BatchShape, CostModel, EngineProfile
+from sim.cost import WEIGHT_DTYPES, BatchShape, CostModel, EngineProfile, weight_element_bytes
 from sim.errors import ConfigError, ServesimError
-from sim.hardware import DTYPE_BYTES
 from sim.models import get_model
 from sim.registry import REGISTRY, register
 
@@ -410,7 +409,7 @@ class MTP(_Accepting):
         self.k = o.num_draft_tokens
         m = target.model
         self.head_cost = _derived_cost(target)
-        wb = DTYPE_BYTES[target.weight_dtype] * (1.0625 if target.weight_dtype == "int4" else 1.0)
+        wb = weight_element_bytes(target.weight_dtype)
         layer_params = (m.total_params - m.embedding_params - m.lm_head_params) / m.num_layers
         self.layer_weight_bytes_per_gpu = layer_params * wb / target.tp
         self.extra_weight_bytes_per_gpu = o.head_layers * self.layer_weight_bytes_per_gpu

@@ -42,7 +42,7 @@ from .errors import CatalogError, ConfigError, DeploymentError, did_you_mean
 from .hardware import DTYPE_BYTES, GPUSpec
 from .models import ModelSpec
 
-WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
+WEIGHT_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4", "fp4")
 KV_DTYPES = ("bf16", "fp16", "fp8", "int8", "int4")
 SPARSITY = ("2:4",)
 KV_EVICTION_KINDS = ("h2o", "streaming_llm")
@@ -337,6 +337,15 @@ class _Linear:
 
 
 _QUANTIZED = ("fp8", "int8", "int4", "fp4")   # weight dtypes of quantized checkpoints (the activations stay 16-bit)
+# Bytes per stored weight element, block scales included: int4 (GPTQ/AWQ, group 128) adds an fp16 scale and zero per
+# 128 values (1/32 byte each); fp4 is NVFP4's layout, an fp8 scale per 16 values (OCP MXFP4: an 8-bit scale per 32,
+# 1/32 byte less per element).
+_SCALE_BYTES = {"int4": 1.0 / 32, "fp4": 1.0 / 16}
+
+
+def weight_element_bytes(dtype: str) -> float:
+    """Stored bytes per weight element of `dtype`, with the block scales of the 4-bit formats."""
+    return DTYPE_BYTES[dtype] + _SCALE_BYTES.get(dtype, 0.0)
 
 
 class CostModel(AttentionPricing, CollectivePricing):
@@ -433,10 +442,10 @@ class CostModel(AttentionPricing, CollectivePricing):
         return 1.0 if self._ideal else value
 
     def _compute_dtype(self) -> str:
-        """GEMMs run at fp8 only when weights are fp8 and the part has fp8 units (W8A8); otherwise
-        weight-only formats are dequantised into the activation dtype."""
-        if self.weight_dtype == "fp8" and self.gpu.peak_tflops.get("fp8"):
-            return "fp8"
+        """GEMMs run at fp8 (fp4) only when weights are fp8 (fp4) and the part has such tensor cores (W8A8, NVFP4
+        on Blackwell); otherwise weight-only formats are dequantised into the activation dtype."""
+        if self.weight_dtype in ("fp8", "fp4") and self.gpu.peak_tflops.get(self.weight_dtype):
+            return self.weight_dtype
         return self.act_dtype
 
     def _weight_bandwidth(self) -> float:
@@ -444,6 +453,8 @@ class CostModel(AttentionPricing, CollectivePricing):
             self.weight_dtype, self.k.mem_eff)
         if self.weight_dtype == "fp8" and not self.gpu.peak_tflops.get("fp8"):
             eff = self.k.int8_weight_only_mem_eff          # fp8 weight-only (Marlin-style) on pre-Hopper parts
+        if self.weight_dtype == "fp4" and not self.gpu.peak_tflops.get("fp4"):
+            eff = self.k.int4_weight_only_mem_eff          # fp4 dequantised by a weight-only 4-bit GEMM (Marlin MXFP4)
         return self.gpu.memory_bw * self._eff(eff)
 
     @property
@@ -463,7 +474,7 @@ class CostModel(AttentionPricing, CollectivePricing):
 
     def _build_linear_ops(self) -> list[_Linear]:
         m, t = self.model, self.tp
-        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)  # group scales
+        wb = weight_element_bytes(self.weight_dtype)  # group scales
         ab = DTYPE_BYTES[self.act_dtype]
         peak = self.gpu.peak_flops(self._compute_dtype())
         wbw = self._weight_bandwidth()
@@ -562,7 +573,7 @@ class CostModel(AttentionPricing, CollectivePricing):
         """Weight bytes each GPU of the TP group holds (int4 includes its group scales; quantized checkpoints
         keep the embedding, LM head, norms and routers in the activation dtype, as the step cost prices them;
         2:4 sparsity shrinks the transformer blocks' matrices to `sparse_weight_factor`)."""
-        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
+        wb = weight_element_bytes(self.weight_dtype)
         ab = DTYPE_BYTES[self.act_dtype]
         m = self.model
         # kept in the activation dtype by quantized checkpoints: embedding, LM head, norms, routers, and the attention
@@ -666,7 +677,7 @@ class CostModel(AttentionPricing, CollectivePricing):
     def linear_time(self, rows: int, k_in: float, n_out: float, kernels: int = 1) -> float:
         """Seconds of one (k_in x n_out) weight GEMM over `rows` activation rows with this model's weight dtype,
         bandwidth, knee, floor and int4 kernel: the pricing of every projection, exposed for kernel checks."""
-        wb = DTYPE_BYTES[self.weight_dtype] * (1.0625 if self.weight_dtype == "int4" else 1.0)
+        wb = weight_element_bytes(self.weight_dtype)
         ab = DTYPE_BYTES[self.act_dtype]
         peak = self.gpu.peak_flops(self._compute_dtype()) * (2.0 if self.sparsity == "2:4" else 1.0)
         op = _Linear("gemm", 1, 2.0 * k_in * n_out, 0.0, k_in * n_out * wb * self.sparse_weight_factor,
@@ -795,4 +806,4 @@ def _validate_variants(gpu: GPUSpec, sparsity: str | None, eviction: tuple | Non
 
 __all__ = ["BatchShape", "CostModel", "EngineProfile", "KernelConstants", "OpCost", "CONSTANTS", "HOPPER_OVERRIDES",
            "allreduce_time", "constants_table", "get_engine_profile", "gpu_overrides_table", "kernel_constants",
-           "list_engine_profiles"]
+           "list_engine_profiles", "weight_element_bytes"]

@@ -129,21 +129,27 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
     dev = gpu if isinstance(gpu, GPUSpec) else get_gpu(gpu)
     phase = phase or ("prefill" if prompt_len is not None else "decode")
     if batch < 1:
-        raise ConfigError(f"--batch must be >= 1, got {batch}")
+        raise ConfigError(f"--batch (batch=) must be >= 1, got {batch}")
     if phase == "prefill":
         if not prompt_len or prompt_len < 1:
-            raise ConfigError("prefill needs --prompt-len >= 1")
+            raise ConfigError("prefill needs --prompt-len (prompt_len=) >= 1")
         if context is not None and context < 0:
-            raise ConfigError("--context must be >= 0 (tokens already in the KV cache)")
+            raise ConfigError("--context (context=) must be >= 0 (tokens already in the KV cache)")
         # a prefill may extend cached context (prefix-cache hit, or a later chunk of a chunked prefill)
         context = context or 0
         shape, ctx_tokens = BatchShape.prefill(batch, prompt_len, context), context + prompt_len
     elif phase == "decode":
         if context is None or context < 0:
-            raise ConfigError("decode needs --context >= 0 (tokens already in the KV cache)")
+            raise ConfigError("decode needs --context (context=) >= 0: the tokens already in each sequence's KV cache")
         shape, ctx_tokens, prompt_len = BatchShape.decode(batch, context), context + 1, 0
     else:
-        raise ConfigError(f"--phase must be prefill or decode, got {phase!r}")
+        raise ConfigError(f"--phase (phase=) must be prefill or decode, got {phase!r}")
+    longest = context + prompt_len if phase == "prefill" else context
+    if longest > spec.max_position_embeddings:
+        # as vLLM refuses a max_model_len beyond the model's: its positions were never trained (or scaled) that far
+        raise ConfigError(f"{longest:,} tokens of context exceed {spec.name}'s {spec.max_position_embeddings:,} "
+                          f"(max_position_embeddings); use a shorter --context / --prompt-len or a longer-context "
+                          f"model")
     check_ep_degree(ep, tp, f"--ep {ep}")
     if ep > 1 and offload is not None:
         raise ConfigError("--ep with --offload is not modelled; use one of them")

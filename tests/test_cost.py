@@ -498,3 +498,24 @@ def test_estimate_prefill_on_top_of_cached_context():
 def test_estimate_rejects_bad_input_with_config_error(kw):
     with pytest.raises(ConfigError):
         estimate("llama-2-7b", "h100", **kw)
+
+
+def test_fp4_weights_stream_a_quarter_of_bf16_plus_scales_and_use_fp4_tensor_cores_where_they_exist():
+    m = get_model("llama-3.1-70b")
+    b200 = get_gpu("b200")
+    bf16, fp4 = CostModel(m, b200, tp=2), CostModel(m, b200, tp=2, weight_dtype="fp4")
+    sixteen = (m.embedding_params + m.lm_head_params + m.norm_params) * 2 / 2
+    assert (fp4.weight_bytes_per_gpu - sixteen) == pytest.approx((bf16.weight_bytes_per_gpu - sixteen) * 0.5625 / 2)
+    decode, prefill = BatchShape.decode(1, 1024), BatchShape.prefill(1, 8192)
+    assert fp4.step_time(decode) < 0.5 * bf16.step_time(decode)          # weight streaming
+    assert fp4.step_time(prefill) < 0.6 * bf16.step_time(prefill)        # fp4 tensor cores: 4x the bf16 peak
+    on_h100 = CostModel(m, H100, tp=2, weight_dtype="fp4")               # no fp4 units: dequantised into bf16 GEMMs
+    assert on_h100.step_time(prefill) > 0.9 * CostModel(m, H100, tp=2).step_time(prefill)
+
+
+def test_estimate_refuses_a_context_beyond_the_models():
+    assert estimate("llama-2-7b", "h100", context=4096).latency_s > 0
+    with pytest.raises(ConfigError, match=r"4,097 tokens of context exceed llama-2-7b's 4,096"):
+        estimate("llama-2-7b", "h100", context=4097)
+    with pytest.raises(ConfigError, match="max_position_embeddings"):
+        estimate("llama-2-7b", "h100", prompt_len=2048, context=2049)
