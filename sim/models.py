@@ -5,6 +5,7 @@ import dataclasses
 import functools
 import json
 import os
+import re
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -42,6 +43,9 @@ class ModelSpec:
     learned_positions: int = 0      # rows of a learned absolute position table (OPT: 2048 + offset 2); 0 = RoPE
     sliding_window: int | None = None
     global_attention_every: int = 0  # with sliding_window: every n-th layer attends globally (Gemma-2: 2); 0 = none
+    # with sliding_window: how many softmax layers are local, for an HF layer_types pattern that no
+    # global_attention_every reproduces (Qwen2: the first max_window_layers attend globally); None = derive
+    sliding_layers: int | None = None
     # linear attention (a fixed-size recurrent state per sequence instead of a growing KV cache)
     linear_attention_layers: int = 0   # layers whose mixer is linear attention (their KV bytes per token: 0)
     linear_state_dim: int = 0          # key dimension of one head's d_k x d_v state (0 = head_dim)
@@ -157,9 +161,10 @@ class ModelSpec:
 
     @property
     def norm_params(self) -> float:
-        """All RMSNorm/LayerNorm weights: two per layer (Gemma-2: four) plus the final norm; LayerNorms
+        """All RMSNorm/LayerNorm weights: two per layer (Gemma-2/3: four) plus the final norm; LayerNorms
         with a bias (``linear_bias``) have twice as many."""
-        per_layer = 4 if self.architecture.startswith("Gemma2") else 2
+        # Gemma2/Gemma3DecoderLayer: input, post_attention, pre_feedforward and post_feedforward norms
+        per_layer = 4 if self.architecture.startswith(("Gemma2", "Gemma3")) else 2
         return float((per_layer * self.num_layers + 1) * self.hidden_size * (2 if self.linear_bias else 1))
 
     def _layer_stack_params(self, experts: int) -> float:
@@ -191,11 +196,14 @@ class ModelSpec:
     def num_sliding_layers(self) -> int:
         """Softmax layers that attend only to the last ``sliding_window`` tokens (local layers).
 
-        Mistral-7B v0.1: all of them; Gemma-2 (``global_attention_every: 2``): every other one.
+        Mistral-7B v0.1: all of them; Gemma-2 (``global_attention_every: 2``): every other one; an
+        explicit ``sliding_layers`` count wins.
         """
         if not self.sliding_window:
             return 0
         n = self.num_softmax_layers
+        if self.sliding_layers is not None:
+            return min(self.sliding_layers, n)
         return n - n // self.global_attention_every if self.global_attention_every else n
 
     @property
@@ -274,6 +282,8 @@ def _check_spec(spec: ModelSpec, where: str) -> ModelSpec:
         raise CatalogError(f"{where}: linear_attention_layers must be in 0..num_layers ({spec.num_layers})")
     if spec.sliding_window is not None and spec.sliding_window < 1:
         raise CatalogError(f"{where}: sliding_window must be >= 1 or null, got {spec.sliding_window}")
+    if spec.sliding_layers is not None and not 0 <= spec.sliding_layers <= spec.num_layers:
+        raise CatalogError(f"{where}: sliding_layers must be in 0..num_layers ({spec.num_layers}) or null")
     if spec.attention_type not in ("mha", "gqa", "mqa", "mla"):
         raise CatalogError(f"{where}: attention_type must be mha, gqa, mqa or mla, got '{spec.attention_type}'")
     if spec.attention_type == "mla" and not (spec.kv_lora_rank and spec.qk_rope_head_dim and spec.v_head_dim):
@@ -282,6 +292,16 @@ def _check_spec(spec: ModelSpec, where: str) -> ModelSpec:
         raise CatalogError(f"{where}: experts_per_token must be in 1..num_experts ({spec.num_experts})")
     if spec.moe_layer_freq < 1 or not 0 <= spec.first_k_dense <= spec.num_layers:
         raise CatalogError(f"{where}: moe_layer_freq must be >= 1 and first_k_dense in 0..num_layers")
+    # FFN widths: a negative or missing one would surface as a TypeError deep in the cost model
+    if spec.intermediate_size < 0 or (spec.num_dense_layers and spec.intermediate_size == 0):
+        raise CatalogError(f"{where}: 'intermediate_size' must be positive (the dense FFN width), "
+                           f"got {spec.intermediate_size}")
+    for f in ("moe_intermediate_size", "shared_expert_intermediate_size"):
+        if getattr(spec, f) < 0:
+            raise CatalogError(f"{where}: '{f}' must be >= 0, got {getattr(spec, f)}")
+    if spec.is_moe and spec.moe_width <= 0:
+        raise CatalogError(f"{where}: 'moe_intermediate_size' must be positive for an MoE model (the expert width), "
+                           f"got {spec.moe_width}")
     unknown = set(spec.unquantized_modules) - _UNQUANTIZABLE
     if unknown:
         raise CatalogError(f"{where}: unquantized_modules {sorted(unknown)} not understood; use a subset of "
@@ -440,46 +460,190 @@ def model_with_overrides(spec: ModelSpec, **changes: Any) -> ModelSpec:
 
 _TORCH_DTYPES = {
     "bfloat16": "bf16", "float16": "fp16", "half": "fp16",
-    # vLLM's dtype="auto" serves float32 checkpoints in fp16.
+    # vLLM's dtype="auto" serves float32 checkpoints in fp16 (Gemma: bf16, see from_hf_config).
     "float32": "fp16", "float": "fp16",
 }
 _UNGATED_MODEL_TYPES = frozenset({"gpt2", "gpt_neox", "gptj", "opt", "bloom", "falcon", "phi", "starcoder2", "gpt_bigcode"})
 
+# Architectures the importer does not model, by HF model_type (the config class's `model_type`).
+_ENCODER_ONLY = frozenset({"bert", "roberta", "xlm-roberta", "distilbert", "albert", "electra", "deberta",
+                           "deberta-v2", "camembert", "modernbert", "mpnet", "ernie", "nomic_bert"})
+_ENCODER_DECODER = frozenset({"t5", "mt5", "umt5", "longt5", "bart", "mbart", "pegasus", "marian", "led", "blenderbot",
+                              "m2m_100", "whisper", "switch_transformers", "t5gemma", "encoder-decoder"})
+_STATE_SPACE = frozenset({"mamba", "mamba2", "falcon_mamba", "jamba", "zamba", "zamba2", "bamba", "falcon_h1",
+                          "nemotron_h", "granitemoehybrid", "rwkv", "recurrent_gemma", "lfm2", "qwen3_next"})
 
-def _quant_weight_dtype(q: dict[str, Any]) -> str | None:
-    """Weight dtype a quantization_config implies, or None when it cannot tell."""
+# GPT-2-era config classes name the shape n_embd / n_layer / n_head / n_inner / n_positions; their
+# `attribute_map`s (transformers configuration_gpt2.py, _gptj, _gpt_bigcode, _bloom, _falcon) map the standard
+# names onto them, and BLOOM / Falcon still accept n_embed. n_inner / ffn_hidden_size null means 4 x hidden.
+_KEY_ALIASES = {
+    "hidden_size": ("n_embd", "n_embed"), "num_hidden_layers": ("n_layer",), "num_attention_heads": ("n_head",),
+    "max_position_embeddings": ("n_positions",), "intermediate_size": ("n_inner", "ffn_hidden_size"),
+}
+_ALIASED_MODEL_TYPES = frozenset({"gpt2", "gptj", "gpt_bigcode", "bloom", "falcon"})
+# Config classes whose tie_word_embeddings default (PretrainedConfig's True) their config.json files rely on.
+_TIED_BY_DEFAULT = frozenset({"opt", "gpt2", "gpt_bigcode", "bloom", "falcon"})
+# GPT-2 / GPT-BigCode learn absolute positions (wpe: n_positions rows); they and BLOOM bias every projection.
+_LEARNED_POSITIONS = frozenset({"gpt2", "gpt_bigcode"})
+_BIASED = frozenset({"gpt2", "gpt_bigcode", "bloom"})
+
+# transformers configuration_gemma3.py, Gemma3TextConfig.__init__ defaults (sliding_window_pattern 6: layer i is
+# global when (i + 1) % 6 == 0). Gemma-3 config.json files omit the keys that equal them (google/gemma-3-4b-it's
+# text_config has no num_attention_heads, num_key_value_heads, head_dim or vocab_size).
+_GEMMA3_TEXT_DEFAULTS = {
+    "vocab_size": 262_208, "hidden_size": 2304, "intermediate_size": 9216, "num_hidden_layers": 26,
+    "num_attention_heads": 8, "num_key_value_heads": 4, "head_dim": 256, "max_position_embeddings": 131_072,
+    "sliding_window": 4096, "sliding_window_pattern": 6, "tie_word_embeddings": True,
+}
+# transformers configuration_falcon.py: FalconConfig(max_position_embeddings=2048); Falcon-7B/40B omit it.
+_FALCON_DEFAULTS = {"max_position_embeddings": 2048}
+
+_LAYER_KINDS = frozenset({"sliding_attention", "full_attention"})
+_LAYER_INDEX = re.compile(r"layers\.(\d+)(?:\.|$)")
+_VISION = ("vision", "visual")
+
+
+def _check_architecture(configs: tuple[dict[str, Any], ...], arch: str, where: str) -> None:
+    """Refuse encoder and state-space models: priced as a decoder their params and KV cache would be nonsense."""
+    types = {str(c.get("model_type") or "") for c in configs}
+    if types & _ENCODER_DECODER or any(c.get("is_encoder_decoder") is True for c in configs):
+        kind = "an encoder-decoder"
+    elif types & _ENCODER_ONLY or arch.endswith("ForMaskedLM"):
+        kind = "an encoder-only"
+    elif types & _STATE_SPACE or "Mamba" in arch:
+        kind = "a state-space / hybrid recurrent"
+    else:
+        return
+    name = arch or next((f"model_type '{t}'" for t in sorted(types) if t), "this model")
+    raise CatalogError(f"{where}: {name} is {kind} model, which is not supported; servesim imports decoder-only "
+                       f"transformers (Llama, Mistral, Qwen, DeepSeek, Gemma, GPT-2, Falcon, ...)")
+
+
+def _with_defaults(cfg: dict[str, Any], model_type: str) -> dict[str, Any]:
+    """The config as transformers reads it: class defaults for omitted keys, GPT-2-style names mapped."""
+    if model_type in ("gemma3", "gemma3_text"):
+        cfg = {**_GEMMA3_TEXT_DEFAULTS, **cfg}
+    elif model_type == "falcon":
+        cfg = {**_FALCON_DEFAULTS, **cfg}
+    if model_type in _ALIASED_MODEL_TYPES:
+        cfg = dict(cfg)
+        for key, names in _KEY_ALIASES.items():
+            if cfg.get(key) is None:
+                cfg[key] = next((cfg[n] for n in names if cfg.get(n) is not None), None)
+    return cfg
+
+
+def _layer_pattern(kinds: Any, layers: int, where: str) -> tuple[int, int | None]:
+    """(global_attention_every, sliding_layers) for an HF `layer_types` list naming each layer's attention.
+
+    The cost model works from counts (AttentionCost groups layers by window), so a period that gives the same
+    number of global layers stands for the pattern; an irregular one keeps its exact count in sliding_layers.
+    """
+    if not isinstance(kinds, list) or len(kinds) != layers:
+        raise CatalogError(f"{where}: 'layer_types' must list one entry per layer ({layers}), "
+                           f"got {len(kinds) if isinstance(kinds, list) else repr(kinds)}")
+    unknown = sorted(set(map(str, kinds)) - _LAYER_KINDS)
+    if unknown:
+        raise CatalogError(f"{where}: layer_types entry '{unknown[0]}' is not supported; the importer models "
+                           f"sliding_attention and full_attention layers only")
+    full = kinds.count("full_attention")
+    if full == 0:
+        return 0, None                                   # every layer local
+    every = layers // full
+    return (every, None) if layers // every == full else (0, layers - full)
+
+
+def _unmodelled(where: str, what: str, nearest: str | None = "int4") -> CatalogError:
+    """One line for a quantization format with no weight dtype in the simulator's set."""
+    fix = f"{nearest}, the nearest modelled precision" if nearest else "the nearest of bf16, fp16, fp8, int8, int4, fp4"
+    return CatalogError(f"{where}: quantization_config {what} is not modelled; delete quantization_config from "
+                        f"the config.json and set the weight dtype (model.weight_dtype, --weight-dtype) to {fix}")
+
+
+def _int_bits(bits: Any, where: str, what: str) -> str:
+    """int4 / int8 for a 4- or 8-bit integer format; other widths (GPTQ 2/3-bit, ...) are refused."""
+    bits = int(bits) if isinstance(bits, str) and bits.isdigit() else bits
+    if bits in (4, 8):
+        return f"int{bits}"
+    raise _unmodelled(where, f"{what} with {bits}-bit weights")
+
+
+def _hqq_bits(q: dict[str, Any]) -> Any:
+    """HQQ's weight bits: HqqConfig.to_dict keeps them in quant_config.weight_quant_params.nbits (or one such
+    dict per layer name with a dynamic_config); None when absent or mixed."""
+    qc = q.get("quant_config") if isinstance(q.get("quant_config"), dict) else {}
+    per_layer = [qc] if "weight_quant_params" in qc else [v for v in qc.values() if isinstance(v, dict)]
+    bits = {(c.get("weight_quant_params") or {}).get("nbits") for c in per_layer} - {None}
+    return bits.pop() if len(bits) == 1 else q.get("nbits")
+
+
+def _quant_weight_dtype(q: dict[str, Any], where: str) -> str | None:
+    """Weight dtype a quantization_config implies; None when it quantizes no weights (compressed-tensors
+    sparsity or KV-cache only). A format with no matching dtype is refused rather than priced as 16-bit."""
     method = str(q.get("quant_method", "")).lower()
     if method in ("fp8", "fbgemm_fp8"):
         return "fp8"
     if method == "mxfp4":
         return "fp4"
+    if method == "eetq":                     # EETQ is int8 weight-only (transformers EetqConfig: weights="int8")
+        return "int8"
+    if method == "aqlm":
+        raise _unmodelled(where, "'aqlm' (additive codebooks, ~2 bits per weight)")
     if method == "modelopt":
+        # TensorRT Model Optimizer quant_algo names: FP8, NVFP4, NVFP4_AWQ, W4A16_AWQ, W4A8_AWQ, W8A8_SQ_PER_CHANNEL
         algo = str(q.get("quant_algo", "")).upper()
-        return "fp4" if "FP4" in algo else "fp8" if "FP8" in algo else None
+        for key, dtype in (("FP4", "fp4"), ("W4", "int4"), ("INT4", "int4"), ("FP8", "fp8"), ("W8", "int8"),
+                           ("INT8", "int8")):
+            if key in algo:
+                return dtype
+        raise _unmodelled(where, f"'modelopt' quant_algo '{algo}'", None)
     if method == "compressed-tensors":
         for group in (q.get("config_groups") or {}).values():
             w = (group or {}).get("weights") or {}
             bits, kind = w.get("num_bits"), w.get("type", "int")
             if bits in (4, 8):
                 return f"{'fp' if kind == 'float' else 'int'}{bits}"
+            if bits:
+                raise _unmodelled(where, f"'compressed-tensors' with {bits}-bit weights")
         return "fp8" if "float" in str(q.get("format", "")) else None
-    bits = q.get("bits") or q.get("w_bit") or q.get("weight_bits")
-    if q.get("load_in_4bit"):
+    if method == "hqq":
+        return _int_bits(_hqq_bits(q), where, "'hqq'")
+    if method == "quanto":                   # QuantoConfig.weights: float8, int8, int4 or int2
+        weights = str(q.get("weights", "")).lower()
+        if weights == "float8":
+            return "fp8"
+        return _int_bits(int(weights[3:]) if weights[3:].isdigit() else weights, where, "'quanto'")
+    bits = q.get("bits") or q.get("w_bit") or q.get("weight_bits")     # GPTQ, AWQ, AutoRound, ...
+    if q.get("load_in_4bit"):                                            # bitsandbytes
         bits = 4
     elif q.get("load_in_8bit"):
         bits = 8
-    return {4: "int4", 8: "int8"}.get(bits)
+    if bits is None:
+        raise _unmodelled(where, f"quant_method '{method or '?'}'", None)
+    return _int_bits(bits, where, f"'{method or '?'}'")
 
 
-def _quant_unquantized_modules(q: dict[str, Any]) -> tuple[str, ...]:
+def _quant_unquantized_modules(q: dict[str, Any], num_layers: int) -> tuple[str, ...]:
     """Module groups a quantization_config leaves unquantized (its ignore list), as ModelSpec.unquantized_modules.
 
-    compressed-tensors lists them under `ignore`, other methods under `ignored_layers` or `modules_to_not_convert`;
-    the language model's attention projections there (not a vision tower's) mean attention runs in 16 bits."""
-    names = [str(n) for key in ("ignore", "ignored_layers", "modules_to_not_convert") for n in (q.get(key) or [])]
-    attention = any(any(p in n for p in _ATTENTION_PROJECTIONS) and not any(v in n for v in ("vision", "visual"))
-                    for n in names)
-    return ("attention",) if attention else ()
+    compressed-tensors lists them under `ignore`, ModelOpt under `exclude_modules`, bitsandbytes under
+    `llm_int8_skip_modules`, HQQ under `skip_modules`, others under `ignored_layers` or `modules_to_not_convert`.
+    Attention runs in 16 bits when the language model's attention (not a vision tower's) is kept in at least half
+    of its layers, or by a pattern or bare name ("re:.*self_attn.*", "model.layers.*.self_attn") that covers every
+    layer; a few layers kept in 16 bits are priced as fully quantized (docs/concepts/cost-model.md)."""
+    keys = ("ignore", "ignored_layers", "modules_to_not_convert", "exclude_modules", "llm_int8_skip_modules",
+            "skip_modules")
+    names = [str(n) for key in keys for n in (q.get(key) or []) if not any(v in str(n) for v in _VISION)]
+    layers: set[int] = set()
+    for n in names:
+        attention = any(p in n for p in _ATTENTION_PROJECTIONS)
+        m = _LAYER_INDEX.search(n)
+        if m is None:
+            if attention:                                # no layer index: it matches every layer's attention
+                return ("attention",)
+        elif attention or m.end() == len(n):             # "model.layers.0" keeps the whole layer, attention included
+            layers.add(int(m.group(1)))
+    return ("attention",) if 2 * len(layers) >= num_layers > 0 else ()
 
 
 def _int(cfg: dict[str, Any], key: str, default: int = 0) -> int:
@@ -488,28 +652,46 @@ def _int(cfg: dict[str, Any], key: str, default: int = 0) -> int:
     return default if v is None else int(v)
 
 
+def _kv_heads(cfg: dict[str, Any], model_type: str, heads: int) -> int:
+    """KV heads: num_key_value_heads, or the multi-query flags of Falcon and GPT-BigCode."""
+    if model_type == "falcon":
+        # transformers modeling_falcon.py, FalconAttention: num_kv_heads with new_decoder_architecture (Falcon-40B),
+        # else one shared KV head when multi_query (FalconConfig default True: Falcon-7B), else all heads
+        if cfg.get("new_decoder_architecture"):
+            return _int(cfg, "num_kv_heads") or _int(cfg, "n_head_kv") or heads
+        return 1 if cfg.get("multi_query", True) else heads
+    if model_type == "gpt_bigcode":
+        # modeling_gpt_bigcode.py: multi_query (GPTBigCodeConfig default True) -> one KV head (StarCoder)
+        return 1 if cfg.get("multi_query", True) else heads
+    return _int(cfg, "num_key_value_heads", heads)
+
+
 def from_hf_config(config: dict, name: str = "custom", source: str = "") -> ModelSpec:
     """Translate a Hugging Face config.json (already parsed) into a ModelSpec.
 
     Covers Llama, Mistral, Mixtral, Qwen2/2.5, Qwen2-MoE, Qwen3 (dense and MoE), DeepSeek-V2/V3,
-    Gemma-2, Phi-3 and Llama-4 (whose text model sits under ``text_config``).
+    Gemma-2/3, gpt-oss, Phi-3, GPT-2, GPT-J, GPT-BigCode (StarCoder), BLOOM, Falcon, OPT and Llama-4 (whose
+    text model sits under ``text_config``); encoder and state-space models are refused.
     """
     where = f"model config '{source or name}'"
     if not isinstance(config, dict):
         raise CatalogError(f"{where}: expected a JSON object, got {type(config).__name__}")
     top = config
     cfg = config.get("text_config") if isinstance(config.get("text_config"), dict) else config
+    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
+    archs = top.get("architectures") or cfg.get("architectures")
+    arch = str(archs[0]) if isinstance(archs, list) and archs else ""
+    _check_architecture((top, cfg), arch, where)
+    cfg = _with_defaults(cfg, model_type)
     for key in _HF_REQUIRED:
         if cfg.get(key) is None:
             raise CatalogError(f"{where}: missing required key '{key}'")
-    model_type = str(cfg.get("model_type") or top.get("model_type") or "")
-    archs = top.get("architectures") or cfg.get("architectures") or [""]
     try:
         h, layers, heads = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
         for key, value in (("hidden_size", h), ("num_hidden_layers", layers), ("num_attention_heads (num_heads)", heads)):
             if value <= 0:
                 raise CatalogError(f"{where}: '{key}' must be a positive integer, got {value}")
-        kv_heads = _int(cfg, "num_key_value_heads", heads)
+        kv_heads = _kv_heads(cfg, model_type, heads)
         kv_lora = _int(cfg, "kv_lora_rank")
         if kv_lora:
             head_dim = _int(cfg, "qk_nope_head_dim") + _int(cfg, "qk_rope_head_dim")
@@ -558,26 +740,42 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
         else:
             ffn = "swiglu"
         qkv_bias = bool(cfg.get("attention_bias", False)) or model_type in ("qwen2", "qwen2_moe")
-        # Gemma and OPT configs omit it and tie by default
-        tie_default = model_type.startswith("gemma") or model_type == "opt"
+        tie_default = model_type.startswith("gemma") or model_type in _TIED_BY_DEFAULT
         tie = top.get("tie_word_embeddings", cfg.get("tie_word_embeddings", tie_default))
         quant = top.get("quantization_config") or cfg.get("quantization_config")
-        dtype = _quant_weight_dtype(quant) if isinstance(quant, dict) else None
-        unquantized = _quant_unquantized_modules(quant) if dtype is not None else ()
+        if quant is not None and not isinstance(quant, dict):
+            raise CatalogError(f"{where}: 'quantization_config' must be an object, got {quant!r}")
+        dtype = _quant_weight_dtype(quant, where) if quant else None
+        unquantized = _quant_unquantized_modules(quant, layers) if dtype is not None else ()
         if dtype is None:
             torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype")
-                              or top.get("dtype") or "bfloat16")
-            dtype = _TORCH_DTYPES.get(torch_dtype.removeprefix("torch."), "bf16")
+                              or top.get("dtype") or "bfloat16").removeprefix("torch.")
+            dtype = _TORCH_DTYPES.get(torch_dtype, "bf16")
+            if torch_dtype in ("float32", "float") and model_type.startswith("gemma"):
+                # vLLM serves float32 Gemma checkpoints in bf16, not fp16, which Gemma-2 does not support well
+                # (vllm/config.py _get_and_verify_dtype: model_type gemma2, later every gemma*)
+                dtype = "bf16"
         max_pos = _int(cfg, "max_position_embeddings") or _int(cfg, "seq_length") or 4096
         # OPT learns absolute positions, with its table offset by 2 rows (OPTLearnedPositionalEmbedding)
-        learned = max_pos + 2 if model_type == "opt" else 0
-        linear_bias = bool(cfg.get("enable_bias", True)) if model_type == "opt" else False
-        # Gemma-2 alternates local and global layers; Gemma-3 names the period sliding_window_pattern
+        learned = max_pos + 2 if model_type == "opt" else max_pos if model_type in _LEARNED_POSITIONS else 0
+        if model_type == "opt":
+            linear_bias = bool(cfg.get("enable_bias", True))
+        elif model_type == "falcon":
+            linear_bias = bool(cfg.get("bias", False))      # FalconLinear(..., bias=config.bias)
+        else:
+            linear_bias = model_type in _BIASED
+        # Gemma-2 alternates local and global layers; Gemma-3 names the period sliding_window_pattern;
+        # layer_types (gpt-oss, Gemma-3, newer transformers) names each layer's kind and wins.
         global_every = 2 if model_type == "gemma2" else _int(cfg, "sliding_window_pattern")
+        sliding_layers = None
+        if sliding and cfg.get("layer_types") is not None:
+            global_every, sliding_layers = _layer_pattern(cfg["layer_types"], layers, where)
+            if "sliding_attention" not in cfg["layer_types"]:
+                sliding = None
         spec = ModelSpec(
             name=name,
             hf_id=str(top.get("_name_or_path") or name),
-            architecture=str(archs[0]),
+            architecture=arch,
             hidden_size=h,
             num_layers=layers,
             num_heads=heads,
@@ -594,6 +792,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             learned_positions=learned,
             sliding_window=int(sliding) if sliding else None,
             global_attention_every=global_every if sliding else 0,
+            sliding_layers=sliding_layers if sliding else None,
             num_experts=experts,
             experts_per_token=_int(cfg, "num_experts_per_tok") if experts else 0,
             moe_intermediate_size=moe_inter if experts else 0,

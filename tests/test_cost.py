@@ -227,7 +227,11 @@ def test_a_hf_quantization_config_ignoring_attention_marks_it_unquantized(tmp_pa
     path = tmp_path / "config.json"
     path.write_text(json.dumps(cfg))
     assert load_hf_config(path).unquantized_modules == ()
-    cfg["quantization_config"]["ignore"] += ["model.layers.0.self_attn.q_proj", "vision_tower.layers.0.q_proj"]
+    cfg["quantization_config"]["ignore"] += ["model.layers.0.self_attn.q_proj"]       # one layer: still quantized
+    path.write_text(json.dumps(cfg))
+    assert load_hf_config(path).unquantized_modules == ()
+    cfg["quantization_config"]["ignore"] += ([f"model.layers.{i}.self_attn.q_proj" for i in range(32)]
+                                             + ["vision_tower.layers.0.q_proj"])
     path.write_text(json.dumps(cfg))
     spec = load_hf_config(path)
     assert spec.default_weight_dtype == "fp8" and spec.unquantized_modules == ("attention",)

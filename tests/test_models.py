@@ -391,3 +391,229 @@ def test_parse_catalogue_accepts_valid_entry():
 def test_parse_catalogue_rejects(text, match):
     with pytest.raises(CatalogError, match=match):
         _parse_catalogue(text)
+
+
+# --- review fixes: layer kinds, Falcon, GPT-2-era keys, refused architectures, quantization ------------
+
+def _cfg(**kw):
+    """A small Llama-style config with `kw` on top."""
+    base = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 1024,
+            "num_hidden_layers": 8, "num_attention_heads": 16, "num_key_value_heads": 4, "vocab_size": 1000,
+            "intermediate_size": 4096}
+    return {**base, **kw}
+
+
+def test_layer_types_name_the_sliding_layers():
+    # gpt-oss-120b: 36 layers alternating sliding/full from layer 0, window 128
+    gpt_oss = _cfg(architectures=["GptOssForCausalLM"], model_type="gpt_oss", num_hidden_layers=36,
+                   sliding_window=128, layer_types=["sliding_attention", "full_attention"] * 18)
+    m = from_hf_config(gpt_oss)
+    assert m.num_sliding_layers == 18 and m.sliding_window == 128
+    # Gemma-3: five local layers, then one global
+    kinds = (["sliding_attention"] * 5 + ["full_attention"]) * 8
+    assert from_hf_config(_cfg(num_hidden_layers=48, sliding_window=1024, layer_types=kinds)).num_sliding_layers == 40
+    # no period gives 28 global layers of 80 (Qwen2's first max_window_layers full): the exact count is kept
+    irregular = ["full_attention"] * 28 + ["sliding_attention"] * 52
+    m = from_hf_config(_cfg(num_hidden_layers=80, sliding_window=4096, layer_types=irregular))
+    assert (m.num_sliding_layers, m.sliding_layers) == (52, 52)
+    # all full: no sliding window at all; without layer_types every layer is local (Mistral-7B v0.1)
+    assert from_hf_config(_cfg(sliding_window=4096, layer_types=["full_attention"] * 8)).sliding_window is None
+    assert from_hf_config(_cfg(sliding_window=4096)).num_sliding_layers == 8
+
+
+@pytest.mark.parametrize("layer_types,match", [
+    (["sliding_attention"] * 7, "one entry per layer"),
+    (["linear_attention", "full_attention"] * 4, "'linear_attention' is not supported"),
+])
+def test_bad_layer_types_refused(layer_types, match):
+    with pytest.raises(CatalogError, match=match):
+        from_hf_config(_cfg(sliding_window=4096, layer_types=layer_types))
+
+
+FALCON_7B = {"architectures": ["FalconForCausalLM"], "model_type": "falcon", "hidden_size": 4544,
+             "num_attention_heads": 71, "num_hidden_layers": 32, "multi_query": True,
+             "new_decoder_architecture": False, "bias": False, "parallel_attn": True, "vocab_size": 65024,
+             "torch_dtype": "bfloat16"}
+FALCON_40B = {**FALCON_7B, "hidden_size": 8192, "num_attention_heads": 128, "num_hidden_layers": 60,
+              "num_kv_heads": 8, "new_decoder_architecture": True}
+del FALCON_40B["multi_query"]
+
+
+def test_falcon_kv_heads_and_params():
+    f7 = from_hf_config(FALCON_7B)
+    h, hd = 4544, 64
+    # fused query_key_value: h x (h + 2 x head_dim), dense h x h (modeling_falcon.FalconAttention)
+    assert f7.attention_params_per_layer == h * (h + 2 * hd) + h * h
+    assert (f7.num_kv_heads, f7.attention_type, f7.tie_word_embeddings) == (1, "mqa", True)
+    assert f7.total_params == pytest.approx(6.92e9, rel=2e-3)
+    assert f7.kv_bytes_per_token(2) == 8 * 1024
+    f40 = from_hf_config(FALCON_40B)
+    assert (f40.num_kv_heads, f40.attention_type) == (8, "gqa")
+    assert f40.total_params == pytest.approx(41.3e9, rel=2e-3)
+    assert f40.kv_bytes_per_token(2) == 122_880
+    # old architecture without multi_query: one KV head per query head
+    assert from_hf_config({**FALCON_7B, "multi_query": False}).num_kv_heads == 71
+
+
+GPT2 = {"architectures": ["GPT2LMHeadModel"], "model_type": "gpt2", "n_embd": 768, "n_head": 12, "n_layer": 12,
+        "n_positions": 1024, "n_ctx": 1024, "vocab_size": 50257, "activation_function": "gelu_new"}
+
+
+@pytest.mark.parametrize("cfg,params", [
+    (GPT2, 124_439_808),                                                   # gpt2 (124M), exact
+    ({**GPT2, "n_embd": 1600, "n_head": 25, "n_layer": 48}, 1.558e9),      # gpt2-xl (1.5B)
+    ({"architectures": ["GPTJForCausalLM"], "model_type": "gptj", "n_embd": 4096, "n_head": 16, "n_layer": 28,
+      "n_positions": 2048, "rotary_dim": 64, "vocab_size": 50400, "tie_word_embeddings": False}, 6.05e9),
+    ({"architectures": ["BloomForCausalLM"], "model_type": "bloom", "n_embed": 14336, "n_layer": 70,
+      "num_attention_heads": 112, "vocab_size": 250880}, 176_247_271_424),  # bigscience/bloom model card
+    ({"architectures": ["GPTBigCodeForCausalLM"], "model_type": "gpt_bigcode", "n_embd": 6144, "n_head": 48,
+      "n_inner": 24576, "n_layer": 40, "n_positions": 8192, "vocab_size": 49152, "multi_query": True}, 15.5e9),
+], ids=["gpt2", "gpt2-xl", "gpt-j-6b", "bloom-176b", "starcoder"])
+def test_gpt2_era_configs_import_with_published_sizes(cfg, params):
+    assert from_hf_config(cfg).total_params == pytest.approx(params, rel=3e-3)
+
+
+def test_gpt2_era_shapes():
+    g = from_hf_config(GPT2)
+    assert (g.hidden_size, g.num_layers, g.num_heads, g.intermediate_size) == (768, 12, 12, 3072)
+    assert (g.ffn_type, g.learned_positions, g.linear_bias, g.tie_word_embeddings) == ("gelu", 1024, True, True)
+    star = from_hf_config({**GPT2, "model_type": "gpt_bigcode", "multi_query": True})
+    assert star.attention_type == "mqa" and star.kv_bytes_per_token(2) == 2 * 64 * 12 * 2
+    # the catalogue's BLOOM entry and its config.json agree
+    bloom = from_hf_config({"architectures": ["BloomForCausalLM"], "model_type": "bloom", "hidden_size": 14336,
+                            "n_layer": 70, "n_head": 112, "vocab_size": 250880, "seq_length": 2048})
+    assert bloom.total_params == get_model("bloom-176b").total_params
+
+
+@pytest.mark.parametrize("cfg,match", [
+    ({"architectures": ["BertForMaskedLM"], "model_type": "bert", "hidden_size": 768, "num_hidden_layers": 12,
+      "num_attention_heads": 12, "vocab_size": 30522}, "BertForMaskedLM is an encoder-only model"),
+    ({"architectures": ["RobertaModel"], "model_type": "roberta"}, "RobertaModel is an encoder-only model"),
+    ({"architectures": ["T5ForConditionalGeneration"], "model_type": "t5", "d_model": 512, "num_layers": 6,
+      "num_heads": 8, "vocab_size": 32128}, "T5ForConditionalGeneration is an encoder-decoder model"),
+    ({"model_type": "bart", "is_encoder_decoder": True}, "model_type 'bart' is an encoder-decoder model"),
+    ({"is_encoder_decoder": True}, "this model is an encoder-decoder model"),
+    ({**_cfg(), "architectures": ["JambaForCausalLM"], "model_type": "jamba"}, "JambaForCausalLM is a state-space"),
+    ({"architectures": ["MambaForCausalLM"], "model_type": "mamba"}, "MambaForCausalLM is a state-space"),
+])
+def test_unsupported_architectures_refused_in_one_line(cfg, match):
+    with pytest.raises(CatalogError, match=match) as e:
+        from_hf_config(cfg)
+    assert "not supported" in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("quant,dtype", [
+    ({"quant_method": "eetq", "weights": "int8"}, "int8"),
+    ({"quant_method": "hqq", "quant_config": {"weight_quant_params": {"nbits": 4, "group_size": 64}}}, "int4"),
+    ({"quant_method": "hqq", "quant_config": {"weight_quant_params": {"nbits": 8}}}, "int8"),
+    ({"quant_method": "quanto", "weights": "int4"}, "int4"),
+    ({"quant_method": "quanto", "weights": "int8"}, "int8"),
+    ({"quant_method": "quanto", "weights": "float8"}, "fp8"),
+    ({"quant_method": "modelopt", "quant_algo": "W4A16_AWQ"}, "int4"),
+    ({"quant_method": "modelopt", "quant_algo": "NVFP4"}, "fp4"),
+    ({"quant_method": "modelopt", "quant_algo": "FP8"}, "fp8"),
+    ({"quant_method": "mxfp4"}, "fp4"),
+    ({"quant_method": "gptq", "bits": 4}, "int4"),
+    ({"quant_method": "gptq", "bits": 8}, "int8"),
+    ({"quant_method": "gptq", "bits": "4"}, "int4"),
+    ({"quant_method": "awq", "bits": 4}, "int4"),
+    ({"quant_method": "bitsandbytes", "load_in_4bit": True}, "int4"),
+])
+def test_quantization_formats_map_to_weight_dtypes(quant, dtype):
+    assert from_hf_config(_cfg(torch_dtype="float16", quantization_config=quant)).default_weight_dtype == dtype
+
+
+@pytest.mark.parametrize("quant,match", [
+    ({"quant_method": "gptq", "bits": 3}, "'gptq' with 3-bit weights is not modelled"),
+    ({"quant_method": "gptq", "bits": 2}, "'gptq' with 2-bit weights is not modelled"),
+    ({"quant_method": "aqlm", "nbits_per_codebook": 16, "num_codebooks": 1}, "'aqlm'.* is not modelled"),
+    ({"quant_method": "quanto", "weights": "int2"}, "'quanto' with 2-bit weights"),
+    ({"quant_method": "hqq", "quant_config": {"weight_quant_params": {"nbits": 3}}}, "'hqq' with 3-bit"),
+    ({"quant_method": "mystery"}, "quant_method 'mystery' is not modelled"),
+])
+def test_unmodelled_quantization_refused(quant, match):
+    with pytest.raises(CatalogError, match=match) as e:
+        from_hf_config(_cfg(quantization_config=quant))
+    msg = str(e.value)
+    assert "delete quantization_config" in msg and "weight_dtype" in msg and "\n" not in msg
+    if "bit" in match or "aqlm" in match:
+        assert "to int4, the nearest" in msg
+
+
+def test_non_object_quantization_config_refused():
+    with pytest.raises(CatalogError, match="'quantization_config' must be an object"):
+        from_hf_config(_cfg(quantization_config="fp8"))
+
+
+FP8_CT = {"quant_method": "compressed-tensors", "format": "float-quantized",
+          "config_groups": {"group_0": {"targets": ["Linear"], "weights": {"num_bits": 8, "type": "float"}}}}
+
+
+@pytest.mark.parametrize("ignore,unquantized", [
+    (["lm_head"], ()),
+    (["model.layers.0.self_attn.o_proj", "lm_head"], ()),                   # one layer: priced as quantized
+    ([f"model.layers.{i}.self_attn.{p}" for i in range(3) for p in ("q_proj", "o_proj")], ()),
+    ([f"model.layers.{i}.self_attn" for i in range(4)], ("attention",)),    # half of the 8 layers
+    (["model.layers.0", "model.layers.7"] + [f"model.layers.{i}.self_attn" for i in range(1, 3)], ("attention",)),
+    (["re:.*self_attn.*", "lm_head"], ("attention",)),
+    (["model.layers.*.self_attn", "lm_head"], ("attention",)),
+    (["self_attn"], ("attention",)),
+    ([f"vision_model.layers.{i}.self_attn.q_proj" for i in range(8)], ()),  # a vision tower's attention
+])
+def test_ignore_list_marks_attention_only_when_it_covers_most_layers(ignore, unquantized):
+    m = from_hf_config(_cfg(quantization_config={**FP8_CT, "ignore": ignore}))
+    assert m.default_weight_dtype == "fp8" and m.unquantized_modules == unquantized
+
+
+def test_llama_405b_fp8_aliases_keep_attention_unquantized():
+    for alias in ("meta-llama/Llama-3.1-405B-FP8", "meta-llama/Llama-3.1-405B-Instruct-FP8"):
+        m = get_model(alias)
+        assert (m.default_weight_dtype, m.unquantized_modules) == ("fp8", ("attention",))
+    assert get_model("meta-llama/Llama-3.1-405B").unquantized_modules == ()
+
+
+@pytest.mark.parametrize("changes,match", [
+    ({"intermediate_size": -5}, "'intermediate_size' must be positive"),
+    ({"intermediate_size": 0}, "'intermediate_size' must be positive"),
+    ({"moe_intermediate_size": -1}, "'moe_intermediate_size' must be >= 0"),
+    ({"shared_expert_intermediate_size": -1}, "'shared_expert_intermediate_size' must be >= 0"),
+    ({"sliding_layers": 99}, "sliding_layers must be in 0..num_layers"),
+])
+def test_ffn_widths_checked(changes, match):
+    with pytest.raises(CatalogError, match=match):
+        model_with_overrides(get_model("llama-2-7b"), **changes)
+
+
+def test_negative_intermediate_size_in_config_refused():
+    with pytest.raises(CatalogError, match="'intermediate_size' must be positive") as e:
+        from_hf_config(_cfg(intermediate_size=-5))
+    assert "\n" not in str(e.value)
+    moe = _cfg(num_local_experts=8, num_experts_per_tok=2, intermediate_size=0, moe_intermediate_size=-3)
+    with pytest.raises(CatalogError, match="'moe_intermediate_size'"):
+        from_hf_config(moe)
+
+
+GEMMA3_4B = {"architectures": ["Gemma3ForConditionalGeneration"], "model_type": "gemma3", "torch_dtype": "bfloat16",
+             "text_config": {"hidden_size": 2560, "intermediate_size": 10240, "model_type": "gemma3_text",
+                             "num_hidden_layers": 34, "sliding_window": 1024,
+                             "rope_scaling": {"factor": 8.0, "rope_type": "linear"}},
+             "vision_config": {"hidden_size": 1152, "model_type": "siglip_vision_model"}}
+
+
+def test_gemma3_minimal_config_takes_gemma3textconfig_defaults(tmp_path):
+    d = tmp_path / "gemma-3-4b-it"
+    d.mkdir()
+    (d / "config.json").write_text(json.dumps(GEMMA3_4B))
+    m = get_model(str(d))
+    assert (m.num_heads, m.num_kv_heads, m.head_dim, m.vocab_size) == (8, 4, 256, 262_208)
+    assert (m.ffn_type, m.tie_word_embeddings, m.max_position_embeddings) == ("geglu", True, 131_072)
+    # sliding_window_pattern 6: layers 5, 11, ..., 29 global, the other 29 local
+    assert (m.sliding_window, m.num_sliding_layers) == (1024, 29)
+    assert m.total_params == pytest.approx(3.88e9, rel=0.01)      # 4.3B with the ~0.42B SigLIP tower left out
+    assert m.kv_bytes_per_token(2) == 2 * 4 * 256 * 34 * 2
+
+
+def test_float32_gemma_is_served_in_bf16():
+    gemma2 = _cfg(architectures=["Gemma2ForCausalLM"], model_type="gemma2", torch_dtype="float32")
+    assert from_hf_config(gemma2).default_weight_dtype == "bf16"
+    assert from_hf_config(_cfg(torch_dtype="float32")).default_weight_dtype == "fp16"
