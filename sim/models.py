@@ -647,9 +647,21 @@ def _quant_unquantized_modules(q: dict[str, Any], num_layers: int) -> tuple[str,
 
 
 def _int(cfg: dict[str, Any], key: str, default: int = 0) -> int:
-    """An integer config value; null counts as absent (e.g. DeepSeek-V2-Lite's q_lora_rank)."""
+    """An integer config value; null counts as absent (e.g. DeepSeek-V2-Lite's q_lora_rank). A fractional or
+    boolean value is refused rather than truncated."""
     v = cfg.get(key)
-    return default if v is None else int(v)
+    if v is None:
+        return default
+    if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+        raise ValueError(f"'{key}' must be an integer, got {v!r}")
+    return int(v)
+
+
+def _flag(value: Any, key: str) -> bool:
+    """A JSON boolean; a string like "false" would otherwise read as true."""
+    if isinstance(value, bool):
+        return value
+    raise ValueError(f"'{key}' must be true or false, got {value!r}")
 
 
 def _kv_heads(cfg: dict[str, Any], model_type: str, heads: int) -> int:
@@ -687,7 +699,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
         if cfg.get(key) is None:
             raise CatalogError(f"{where}: missing required key '{key}'")
     try:
-        h, layers, heads = int(cfg["hidden_size"]), int(cfg["num_hidden_layers"]), int(cfg["num_attention_heads"])
+        h, layers, heads = _int(cfg, "hidden_size"), _int(cfg, "num_hidden_layers"), _int(cfg, "num_attention_heads")
         for key, value in (("hidden_size", h), ("num_hidden_layers", layers), ("num_attention_heads (num_heads)", heads)):
             if value <= 0:
                 raise CatalogError(f"{where}: '{key}' must be a positive integer, got {value}")
@@ -750,7 +762,10 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
         if dtype is None:
             torch_dtype = str(cfg.get("torch_dtype") or cfg.get("dtype") or top.get("torch_dtype")
                               or top.get("dtype") or "bfloat16").removeprefix("torch.")
-            dtype = _TORCH_DTYPES.get(torch_dtype, "bf16")
+            if torch_dtype.startswith("float8"):
+                dtype = "fp8"                               # float8_e4m3fn weights without a quantization_config
+            else:
+                dtype = _TORCH_DTYPES.get(torch_dtype, "bf16")
             if torch_dtype in ("float32", "float") and model_type.startswith("gemma"):
                 # vLLM serves float32 Gemma checkpoints in bf16, not fp16, which Gemma-2 does not support well
                 # (vllm/config.py _get_and_verify_dtype: model_type gemma2, later every gemma*)
@@ -787,7 +802,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             ffn_type=ffn,
             attention_type=attention,
             qkv_bias=qkv_bias,
-            tie_word_embeddings=bool(tie),
+            tie_word_embeddings=_flag(tie, "tie_word_embeddings"),
             linear_bias=linear_bias,
             learned_positions=learned,
             sliding_window=int(sliding) if sliding else None,

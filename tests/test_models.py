@@ -617,3 +617,18 @@ def test_float32_gemma_is_served_in_bf16():
     gemma2 = _cfg(architectures=["Gemma2ForCausalLM"], model_type="gemma2", torch_dtype="float32")
     assert from_hf_config(gemma2).default_weight_dtype == "bf16"
     assert from_hf_config(_cfg(torch_dtype="float32")).default_weight_dtype == "fp16"
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"num_hidden_layers": 2.7}, "'num_hidden_layers' must be an integer"),
+    ({"tie_word_embeddings": "false"}, "'tie_word_embeddings' must be true or false"),
+])
+def test_hf_values_of_the_wrong_kind_are_refused_not_coerced(change, message):
+    from sim.models import from_hf_config
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256}
+    assert from_hf_config(cfg).num_layers == 16
+    with pytest.raises(CatalogError, match=message):
+        from_hf_config({**cfg, **change})
+    assert from_hf_config({**cfg, "torch_dtype": "float8_e4m3fn"}).default_weight_dtype == "fp8"
