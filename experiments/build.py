@@ -61,7 +61,7 @@ def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None
     if cfg.pools is not None and (cfg.offload is not None or cfg.powerinfer is not None):
         raise ConfigError("offload / powerinfer with pools (disaggregation) is not modelled; remove one of them")
     tp = (tp // sp if tp else par.tp)        # a deployment passes the GPUs per stage: tp x sp
-    if tp > gpu.gpus_per_node:
+    if tp > gpu.gpus_per_node and allreduce is None:     # a placement across servers passes its path instead
         raise DeploymentError(f"parallelism.tp={tp} exceeds the {gpu.gpus_per_node} GPUs of one "
                               f"{gpu.name} node; tensor parallelism runs within a node, use tp <= {gpu.gpus_per_node}")
     if cfg.hardware.price_per_hour is not None:

@@ -87,14 +87,22 @@ class PoolConfig(_Model):
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each instance's TP degree.")
     gpu: str | None = Field(None, description="GPU of this pool (default: hardware.gpu).")
     router: str | None = Field(None, description="Router within the pool (default: the top-level router).")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the pool's own router.")
+
+    @model_validator(mode="after")
+    def _options_need_a_router(self) -> PoolConfig:
+        if self.router_options and not self.router:
+            raise ValueError("router_options configure the pool's own router: set router too (the top-level "
+                             "router takes the top-level router_options)")
+        return self
 
 
 class KVTransferConfig(_Model):
     """How a prefill instance's KV cache reaches the decode instance."""
 
     layerwise: bool = Field(False, description="Stream each layer's KV as soon as it is computed, overlapping the "
-                                               "transfer with the prefill (only what the last step cannot hide "
-                                               "remains after it).")
+                                               "transfer with the prefill: all but the last layer's share flows from "
+                                               "the prefill's first step, on the same links as other traffic.")
 
 
 class PoolsConfig(_Model):
@@ -172,6 +180,14 @@ class CascadeTier(_Model):
     parallelism: ParallelismConfig = Field(default_factory=ParallelismConfig, description="Each replica's TP / PP.")
     gpu: str | None = Field(None, description="GPU of the tier (default: hardware.gpu).")
     router: str | None = Field(None, description="Router within the tier (default: the top-level router).")
+    router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the tier's own router.")
+
+    @model_validator(mode="after")
+    def _options_need_a_router(self) -> CascadeTier:
+        if self.router_options and not self.router:
+            raise ValueError("router_options configure the tier's own router: set router too (the top-level "
+                             "router takes the top-level router_options)")
+        return self
     max_difficulty: float | None = Field(
         None, gt=0, le=1, description="Requests with difficulty <= this (and above the previous tier's) go here; "
                                       "None (the last tier): everything harder.")

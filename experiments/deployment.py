@@ -193,20 +193,24 @@ class Deployment:
             if lockstep:
                 self.lockstep = LockstepGroup(env, replicas, fast=mode == "fast")
             router_name = self._router_name(name)
-            router = make_router(router_name, cfg.router_options if router_name == cfg.router else {}, router_rng)
+            router = make_router(router_name, self._router_options(name), router_rng)
             if len(replicas) > 1 and reads_kv(registry.get("router", router_name)):
                 for rep in replicas:
                     rep.kv_observed = True
             self.pools.append(Pool(name, plan, replicas, router, replicas, cost.model.name))
         self.placements = placements
+        self._check_host_budgets()
         self.rejected = 0
         self.on_finish = None         # the workload's callback (closed loops, sessions), set by the runner
         self._serving = self.pools[-1]          # the pool whose replicas finish requests
         if cfg.pools is not None:
             self._prefill = self.pools[0]
             self._originals: dict[int, Request] = {}
+            self._streams: dict[int, tuple] = {}     # layer-wise: request id -> (decode replica, flows so far)
             for rep in self._prefill.replicas:
                 rep.on_finish = self._prefilled
+                if cfg.pools.kv_transfer.layerwise:
+                    rep.on_admit = self._prefill_started
         serving = self.replicas if cfg.cascade is not None else self._serving.replicas
         for rep in serving:
             rep.on_finish = self._tier_finished if rep.pool in escalating else self._finished
@@ -308,6 +312,52 @@ class Deployment:
         self._finish_hooks.append(self.scaler.completed)
 
     # ------------------------------------------------------------ construction helpers
+    def _check_host_budgets(self) -> None:
+        """Refuse KV tiers and swap space that the cluster's host memory or NVMe drives cannot hold: every replica
+        takes its cpu_offload_gb (and swap_space per GPU, when preemption swaps) from the host memory next to its
+        GPUs, and its nvme_offload_gb from the drives there (a node with no stated capacity is not checked)."""
+        e = self.cfg.engine
+        swap = e.swap_space if e.preemption_mode == "swap" else 0.0
+        if not (e.cpu_offload_gb or e.nvme_offload_gb or swap):
+            return
+        need: dict[str, float] = {}
+        cluster = self.cluster
+        for placement in self.placements:
+            gpus = placement.gpus
+            if not gpus:
+                continue
+            host = cluster.host_of(gpus[0])
+            need[host] = need.get(host, 0.0) + (e.cpu_offload_gb + swap * len(gpus)) * 2**30
+            if e.nvme_offload_gb:
+                drive = cluster.nvme_of(gpus[0])
+                if drive is not None:
+                    need[drive] = need.get(drive, 0.0) + e.nvme_offload_gb * 2**30
+        for where, nbytes in need.items():
+            capacity = float(cluster.graph.nodes[where].get("capacity", 0.0) or 0.0)
+            if capacity and nbytes > capacity:
+                what = "NVMe" if cluster.graph.nodes[where].get("kind") == "nvme" else "host memory"
+                raise DeploymentError(
+                    f"the replicas next to {where} ask {nbytes / 1e9:,.0f} GB of {what} (engine.cpu_offload_gb / "
+                    f"nvme_offload_gb per replica, swap_space per GPU) but it holds {capacity / 1e9:,.0f} GB; lower "
+                    f"them, or spread the replicas over more nodes")
+
+    def _own_router(self, pool: str):
+        """The pool's or cascade tier's own config entry when it names a router of its own, else None."""
+        if self.cfg.pools is not None:
+            own = getattr(self.cfg.pools, pool)
+            return own if own.router else None
+        if self.cfg.cascade is not None:
+            own = next(t for t in self.cfg.cascade.tiers if t.name == pool)
+            return own if own.router else None
+        return None
+
+    def _router_options(self, pool: str) -> dict:
+        """A pool's own router takes its own router_options; the top-level router the top-level ones."""
+        own = self._own_router(pool)
+        if own is not None:
+            return own.router_options
+        return self.cfg.router_options
+
     def _router_name(self, pool: str) -> str:
         if self.cfg.pools is not None:
             own = getattr(self.cfg.pools, pool).router
@@ -328,7 +378,11 @@ class Deployment:
         one_node = len({self.cluster.node_of(g) for g in gpus}) == 1
         if one_node and spec.scaleup and spec.scaleup != "nvlink-bridge":
             return None
-        return allreduce_params(self.cluster, gpus)
+        # the ring's bus bandwidth, and the latency of whichever algorithm is faster for a latency-bound message:
+        # NCCL runs small all-reduces (a decode step's) as a tree, whose log-depth crosses the network fewer times
+        busbw, ring_latency = allreduce_params(self.cluster, gpus, "ring")
+        _, tree_latency = allreduce_params(self.cluster, gpus, "tree")
+        return busbw, min(ring_latency, tree_latency)
 
     @staticmethod
     def _parallelism(cfg: RunConfig, pool: str):
@@ -457,8 +511,8 @@ class Deployment:
 
     def _enqueue(self, pool: Pool, req: Request) -> None:
         replicas = pool.routable
-        if len(replicas) == 1:
-            replicas[0].enqueue(req)
+        if len(pool.replicas) == 1:        # a lone replica: no router to consult (an autoscaled pool always asks its
+            replicas[0].enqueue(req)       # router, so a stateful one sees every request, e.g. to remember sessions)
             return
         first = replicas[0]
         if first.engine.enable_prefix_caching and req.segments is not None and not req.hashes:
@@ -500,9 +554,34 @@ class Deployment:
         self._to_tiers(req, rest)
 
     # ------------------------------------------------------------ disaggregation
+    def _decode_target(self, req: Request) -> Replica:
+        """The decode instance a prompt's KV goes to (its prefix hashes set first, for cache-aware routers)."""
+        decode = self.pools[1]
+        if decode.replicas[0].engine.enable_prefix_caching and req.segments is not None and not req.hashes:
+            req.hashes = decode.replicas[0].kv.block_hashes(req.segments, req.prompt_len)
+        return decode.replicas[decode.router.choose(req, decode.replicas)] if len(decode.replicas) > 1 \
+            else decode.replicas[0]
+
+    def _kv_total(self, req: Request) -> float:
+        """Bytes of a prompt's KV over the prefill instance's GPUs."""
+        cost = self._prefill.plan.cost
+        return req.prompt_len * cost.kv_bytes_per_token_per_gpu * cost.tp
+
+    def _prefill_started(self, clone: Request) -> None:
+        """Layer-wise streaming: a prompt's first prefill step starts, so its KV starts to flow to the decode
+        instance as the layers produce it. Every layer but the last is sent from now on, as flows that share the
+        links with all other traffic; the last layer's share follows when the prefill ends (`_prefilled`)."""
+        req = self._originals[clone.id]
+        target = self._decode_target(req)
+        total = self._kv_total(req)
+        src = self.replicas[clone.replica].placement.gpus
+        layers = self._prefill.plan.cost.model.num_layers
+        self._streams[clone.id] = (target, self._transfer(src, target.placement.gpus, total * (layers - 1) / layers))
+
     def _prefilled(self, clone: Request) -> None:
         """A prompt finished on a prefill instance: move its KV to a decode instance, then queue it there."""
         req = self._originals[clone.id]
+        stream = self._streams.pop(clone.id, None)
         if clone.state == REJECTED:
             del self._originals[clone.id]
             req.state = REJECTED
@@ -513,15 +592,17 @@ class Deployment:
         req.recomputed_tokens = clone.recomputed_tokens
         req.preemptions = clone.preemptions
         req.prefill_replica = clone.replica
-        decode = self.pools[1]
-        if decode.replicas[0].engine.enable_prefix_caching and req.segments is not None:
-            req.hashes = decode.replicas[0].kv.block_hashes(req.segments, req.prompt_len)
-        target = decode.replicas[decode.router.choose(req, decode.replicas)] if len(decode.replicas) > 1 \
-            else decode.replicas[0]
         src = self.replicas[clone.replica].placement.gpus      # every GPU holds a shard of the KV (its heads,
-        dst = target.placement.gpus                            # its stage's layers)
+        total = self._kv_total(req)                            # its stage's layers)
         start = self.env.now
-        done = self._transfer(src, dst, self._kv_bytes(req, clone, src, dst))
+        if stream is None:
+            target = self._decode_target(req)
+            done = self._transfer(src, target.placement.gpus, total)
+        else:
+            # the last layer's KV exists only now; the rest has been flowing since the prefill started
+            target, streamed = stream
+            last = self._transfer(src, target.placement.gpus, total / self._prefill.plan.cost.model.num_layers)
+            done = self.env.all_of([streamed, last])
 
         def arrived(_ev) -> None:
             req.kv_transfer_s = self.env.now - start
@@ -530,18 +611,6 @@ class Deployment:
             target.enqueue(req)
 
         done.callbacks.append(arrived)
-
-    def _kv_bytes(self, req: Request, clone: Request, src, dst) -> float:
-        """Bytes of the prompt's KV left to move after the prefill (all of it, or with layer-wise streaming what
-        the prefill's own duration could not hide, at least one layer's share)."""
-        cost = self._prefill.plan.cost
-        total = req.prompt_len * cost.kv_bytes_per_token_per_gpu * cost.tp
-        if not self.cfg.pools.kv_transfer.layerwise:
-            return total
-        layers = cost.model.num_layers
-        bw = self.cluster.bottleneck(src[0], dst[0])[0] * max(len(src), len(dst))
-        hidden = (self.env.now - clone.first_scheduled) * bw
-        return max(total / layers, total - hidden)
 
     def _transfer(self, src_gpus, dst_gpus, nbytes: float) -> simpy.Event:
         """`nbytes` from one TP group to another: one flow per shard pair (max of the two TP degrees), GPU i of

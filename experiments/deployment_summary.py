@@ -92,7 +92,8 @@ def deployment_sections(dep: Deployment, records: dict, sim_time: float) -> dict
 
 
 def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
-    """Energy of the run at each GPU's TDP while its replica steps (`sim.energy.energy_summary`); with several pools
+    """Energy of the run at each GPU's TDP while its replica steps (`sim.energy.energy_summary`; an autoscaled pool
+    counts the GPUs it held, on average, as `gpus`); with several pools
     the same keys summed over them (`tdp_w` None when their GPUs differ) plus each pool's own section under
     ``pools``. None figures when a GPU's TDP is unknown."""
     tokens = int(np.sum(records["output_tokens"])) if len(records["output_tokens"]) else 0
@@ -102,6 +103,9 @@ def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
         for rep in pool.replicas:
             per_placement.setdefault(id(rep.placement), [rep.placement, [], rep.pipeline])[1].append(rep.steps.busy_s)
         gpus = sum(len(p.gpus) for p, _, _ in per_placement.values())
+        if dep.scaler is not None and pool is dep.pools[0] and sim_time > 0:
+            # an autoscaled pool holds only the GPUs it has switched on: the billed GPU-hours, as a mean count
+            gpus = dep.scaler.gpu_hours(sim_time) * 3600.0 / sim_time
         busy = sum(len(p.gpus) * _busy_s(b, pipe, sim_time) for p, b, pipe in per_placement.values()) / gpus if gpus else 0.0
         parts.append(energy_summary(pool.plan.cost.gpu.tdp_w, gpus, busy, sim_time, tokens))
     if len(parts) == 1:

@@ -216,13 +216,25 @@ class SessionAffinity:
         if sid is None:
             return _least_outstanding(replicas)
         entry = sessions.get(sid)
-        if entry is not None and entry[0] < len(replicas):
-            i = entry[0]
+        i = None
+        if entry is not None:
+            # the session's replica by identity (`index`): autoscaling adds and drains replicas, which shifts positions
+            i = _position(replicas, entry[0])
             sessions.move_to_end(sid)
-        else:
+        if i is None:
             i = _least_outstanding(replicas)
-        sessions[sid] = (i, now)
+        sessions[sid] = (replicas[i].index, now)
         return i
+
+
+def _position(replicas: Sequence[Any], index: int) -> int | None:
+    """Where the replica with this `index` sits in `replicas` (None when it is not routable now)."""
+    if index < len(replicas) and replicas[index].index == index:
+        return index                                  # a fixed pool: position and index agree
+    for j, rep in enumerate(replicas):
+        if rep.index == index:
+            return j
+    return None
 
 
 __all__ = ["Router", "FunctionRouter", "make_router", "RoundRobin", "Random", "least_outstanding_requests",

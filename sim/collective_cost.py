@@ -22,9 +22,11 @@ class CollectivePricing:
         if n == 1:
             return 0.0, 0.0, 0.0, 0.0
         if self.allreduce is not None and not self._ideal:
+            # a group off its GPUs' own NVLink fabric (across servers, over PCIe): the engine's custom one-shot
+            # all-reduce needs peer access over NVLink, so every message pays the path's NCCL latency
             bw, latency = self.allreduce
-            small = self.engine.allreduce_latency_s
-            return small, max(small, latency), self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
+            small = max(self.engine.allreduce_latency_s, latency)
+            return small, small, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
         link = self.gpu.scaleup or self.gpu.host_link
         spec = get_link(link)
         bw = spec.bw_gbps_per_direction * 1e9 * (1.0 if self._ideal else spec.achievable_fraction)

@@ -234,6 +234,7 @@ class Replica:
         self.extra_step_s = 0.0      # seconds added to the next step (inline multimodal encoding); see _take_extra
         self.kv_observed = False     # set when a router / autoscaler reads this replica's KV state between steps
         self.on_finish = None       # callback(request) when a request completes (closed-loop clients, routers)
+        self.on_admit = None        # callback(request) when a request is first scheduled (layer-wise KV streaming)
         # Arrivals up to this time may be scheduled at the current scheduling point. With async
         # scheduling the plan for the next step was made when the last step started, so requests that
         # arrived during that step wait one more step (unless the replica was idle).
@@ -316,7 +317,10 @@ class Replica:
         if tiers is None or not req.hashes:
             return 0
         bs = self.engine.block_size
+        # a disaggregated request's prompt KV has arrived from its prefill instance: nothing to load for that part
         limit = min((req.num_tokens - 1) // bs, len(req.hashes))
+        if req.preloaded:
+            limit = min(limit, hits // bs)
         return tiers.lookup(req.hashes, hits // bs, limit) * bs
 
     def admit(self, req: Request, hits: int, loaded: int = 0) -> None:
@@ -325,6 +329,8 @@ class Replica:
         if req.first_scheduled < 0:
             req.first_scheduled = self.clock
             req.cached_tokens = hits + loaded
+            if self.on_admit is not None:
+                self.on_admit(req)
             if req.encoder_s:             # its images are encoded on this replica, in this step
                 self.extra_step_s += req.encoder_s
                 req.encoder_s = 0.0

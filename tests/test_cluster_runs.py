@@ -105,6 +105,24 @@ def test_layerwise_transfer_hides_most_of_the_kv_move():
     plain = run(base(wl, pools=pools, engine={"max_model_len": 8192}))
     layered = run(base(wl, pools={**pools, "kv_transfer": {"layerwise": True}}, engine={"max_model_len": 8192}))
     assert layered.requests["kv_transfer_s"].mean() < 0.5 * plain.requests["kv_transfer_s"].mean()
+    # every byte still crosses a link: streaming overlaps the move with the prefill, it does not shrink it
+    moved = lambda r: sum(v["bytes"] for k, v in r.summary["links"].items())          # noqa: E731
+    assert moved(layered) == pytest.approx(moved(plain), rel=1e-6)
+
+
+def test_layerwise_streams_queue_on_a_saturated_link():
+    """Eight prefill GPUs feeding one decode GPU in another node through one NIC: the KV of every prompt must
+    cross that NIC, streamed or not, so layer-wise streaming cannot make the run finish faster than
+    bytes / NIC bandwidth allows."""
+    wl = {"type": "poisson", "stages": [{"rate": 40, "duration_s": 10}], "input_len": 2000, "output_len": 4}
+    cfg = base(wl, pools={"prefill": {"replicas": 8}, "decode": {"replicas": 1}, "kv_transfer": {"layerwise": True}},
+               engine={"max_model_len": 4096}, cluster={"topology": "multi-node", "node": "hgx", "gpu": "h100",
+                                                        "nodes": 2, "fabric": "ib-ndr"})
+    r = run(cfg)
+    complete(r)
+    nic = max((v for k, v in r.summary["links"].items() if "ib" in k or "nic" in k), key=lambda v: v["bytes"])
+    kv = r.summary["requests"]["completed"] * 2000 * r.summary["memory"]["kv_bytes_per_token"]
+    assert nic["bytes"] >= 0.99 * kv                        # the whole KV crossed the NIC, not one layer's share
 
 
 # ----------------------------------------------------------------------------- swap and offload
@@ -280,3 +298,109 @@ def test_pools_on_different_gpus_get_a_default_cluster_of_both_parts():
     assert mixed["kv_transfer_s"]["mean"] > 3 * same["kv_transfer_s"]["mean"]
     assert mixed["tpot_s"]["mean"] < same["tpot_s"]["mean"]          # H200's 4.8 TB/s against 3.35
     assert {p["gpu"] for p in mixed["pools"].values()} == {"h100-sxm-80gb", "h200-sxm-141gb"}
+
+
+def test_cross_node_tp_pays_the_networks_all_reduce_latency_on_every_message():
+    """vLLM's custom all-reduce needs NVLink peers: a TP group split over two nodes pays NCCL's latency on the
+    network path for each decode step's small all-reduces, so its steps are far slower than in one node."""
+    wl = {"type": "poisson", "stages": [{"rate": 0.5, "duration_s": 10}], "input_len": 500, "output_len": 50}
+    one = run({**base(wl), "model": "llama-3.1-70b", "cluster": {"topology": "hgx-h100", "nodes": 1},
+               "deployment": {"replicas": 1, "parallelism": {"tp": 8}}})
+    two = run({**base(wl), "model": "llama-3.1-70b",
+               "cluster": {"topology": "multi-node", "node": "hgx", "gpu": "h100", "nodes": 2, "gpus_per_node": 4,
+                           "fabric": "ib-hdr"},
+               "deployment": {"replicas": 1, "parallelism": {"tp": 8}, "allow_cross_node_tp": True}})
+    assert two.summary["tpot_s"]["p50"] > 1.5 * one.summary["tpot_s"]["p50"]
+    sixteen = run({**base(wl), "model": "llama-3.1-70b",
+                   "deployment": {"replicas": 1, "parallelism": {"tp": 16}, "allow_cross_node_tp": True}})
+    complete(sixteen)                                       # allowed across servers, as the option says
+
+
+def test_host_memory_and_nvme_budgets_are_checked():
+    wl = {"type": "poisson", "stages": [{"rate": 1, "duration_s": 2}], "input_len": 100, "output_len": 5}
+    with pytest.raises(DeploymentError, match="host memory"):
+        run({**base(wl, engine={"cpu_offload_gb": 3000}), "deployment": {"replicas": 1}})
+    complete(run({**base(wl, engine={"cpu_offload_gb": 64}), "deployment": {"replicas": 2}}))
+
+
+SESSIONS = {"type": "sessions", "arrival": {"process": "poisson", "rate": 1.5, "duration_s": 40},
+            "turns": {"dist": "uniform", "low": 3, "high": 8}, "system_prompt_len": 300, "num_system_prompts": 3,
+            "user_message_len": 200, "output_len": 150, "think_time_s": {"dist": "exponential", "mean": 3}}
+
+
+def test_a_decode_instance_does_not_reload_kv_its_prefill_instance_sent():
+    import experiments.deployment as D
+
+    held = {}
+    init = D.Deployment.__init__
+
+    def keep(self, *a, **k):
+        init(self, *a, **k)
+        held["dep"] = self
+
+    D.Deployment.__init__ = keep
+    try:
+        r = run({**base(SESSIONS, engine={"max_model_len": 16000, "gpu_memory_utilization": 0.24,
+                                          "cpu_offload_gb": 4}),
+                 "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}})
+    finally:
+        D.Deployment.__init__ = init
+    complete(r)
+    prefill, decode = held["dep"].replicas
+    assert prefill.tiers.loaded_bytes > 0                     # the prefill instance does reuse its host tier
+    # the decode side loads only for requests it preempted and resumes, never a prompt that arrived with its KV
+    assert decode.tiers.loaded_bytes < 0.05 * prefill.tiers.loaded_bytes
+
+
+def test_session_affinity_keeps_sessions_while_an_autoscaler_changes_the_replicas():
+    import sim.engine as E
+
+    last, moved = {}, []
+    orig = E.Replica.enqueue
+
+    def enqueue(self, req):
+        prev = last.get(req.session_id)
+        if prev is not None and prev is not self and prev.routable_now:
+            moved.append(req.session_id)
+        last[req.session_id] = self
+        return orig(self, req)
+
+    E.Replica.routable_now = property(lambda self: self in self._pool_routable)
+    E.Replica.enqueue = enqueue
+    try:
+        import experiments.deployment as D
+
+        init = D.Deployment.__init__
+
+        def keep(self, *a, **k):
+            init(self, *a, **k)
+            for rep in self.pools[0].replicas:
+                rep._pool_routable = self.pools[0].routable
+
+        D.Deployment.__init__ = keep
+        wl = {**SESSIONS, "arrival": {"process": "diurnal", "mean_rate": 2, "amplitude": 0.9, "period_s": 60,
+                                      "peak_at_s": 15, "duration_s": 120}, "num_system_prompts": 1}
+        r = run({**base(wl, engine={"max_model_len": 16000}), "router": "session_affinity",
+                 "deployment": {"replicas": 1},
+                 "autoscaling": {"policy": "queue_length", "policy_options": {"target": 4}, "min_replicas": 1,
+                                 "max_replicas": 4, "interval_s": 5, "provisioning_delay_s": 10,
+                                 "scale_down_cooldown_s": 20}})
+    finally:
+        E.Replica.enqueue = orig
+        D.Deployment.__init__ = init
+        del E.Replica.routable_now
+    complete(r)
+    assert max(a for _, a, _ in r.summary["autoscaling"]["timeline"]) > 1      # it did scale
+    assert moved == []                                       # no turn left a replica that was still serving
+    # the energy section charges the GPUs the pool held (its billed GPU-hours), not all max_replicas
+    held_gpu_s = r.summary["autoscaling"]["gpu_hours"] * 3600
+    assert r.summary["energy"]["allocated_energy_j"] == pytest.approx(700.0 * held_gpu_s, rel=1e-6)
+
+
+def test_a_pools_own_router_takes_its_own_options():
+    wl = {"type": "poisson", "stages": [{"rate": 2, "duration_s": 5}], "input_len": 200, "output_len": 10}
+    pools = {"prefill": {"replicas": 2}, "decode": {"replicas": 2, "router": "prefix_affinity",
+                                                    "router_options": {"load_guard": 2}}}
+    complete(run(base(wl, pools=pools)))
+    with pytest.raises(ConfigError, match="router_options configure the pool's own router"):
+        run(base(wl, pools={**pools, "decode": {"replicas": 2, "router_options": {"load_guard": 2}}}))
