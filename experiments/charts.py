@@ -55,7 +55,8 @@ _COLORS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
 
 
 _PLAIN = {"throughput.output_tokens_per_s": "output tokens/s", "throughput.requests_per_s": "requests/s",
-          "throughput.input_tokens_per_s": "input tokens/s"}
+          "throughput.input_tokens_per_s": "input tokens/s", "slo.attainment": "SLO attainment (fraction)",
+          "slo.goodput_rps": "goodput (req/s meeting the SLO)"}
 
 
 def _label(metric: str) -> str:

@@ -53,6 +53,14 @@ def summary_rows(s: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def integer_bins(x: np.ndarray, target: int = 80) -> np.ndarray:
+    """Histogram edges for whole-number token counts: every bin holds the same number of integers (a width of
+    ceil(range / target), edges at half-integers), so no comb appears that is not in the data."""
+    lo, hi = int(np.min(x)), int(np.max(x))
+    width = max(1, -(-(hi - lo + 1) // target))
+    return np.arange(lo - 0.5, hi + width + 0.5, width)
+
+
 def workload_figure(d: WorkloadDescription) -> go.Figure:
     """Table, rate over time, gap distribution and length histograms of a workload."""
     s = d.summary()
@@ -83,7 +91,7 @@ def workload_figure(d: WorkloadDescription) -> go.Figure:
     for col, (name, x) in enumerate((("prompt", d.input_tokens), ("output", d.output_tokens)), start=1):
         if not len(x):
             continue
-        counts, edges = np.histogram(x, bins=80)
+        counts, edges = np.histogram(x, bins=integer_bins(x))
         fig.add_trace(go.Bar(x=(edges[:-1] + edges[1:]) / 2, y=counts, width=np.diff(edges),
                              name=f"{name} tokens"), row=3, col=col)
         for q in (50, 99):
@@ -93,6 +101,11 @@ def workload_figure(d: WorkloadDescription) -> go.Figure:
                                      name=f"p{q}"), row=3, col=col)
     fig.update_xaxes(title_text="time (s)", row=2, col=1)
     fig.update_yaxes(title_text="requests / s", row=2, col=1)
+    fig.update_xaxes(title_text="gap (s)", row=2, col=2)
+    fig.update_xaxes(title_text="prompt tokens", row=3, col=1)
+    fig.update_xaxes(title_text="output tokens", row=3, col=2)
+    for row, col in ((2, 2), (3, 1), (3, 2)):
+        fig.update_yaxes(title_text="requests", row=row, col=col)
     fig.update_layout(title=f"Workload: {s['source']}", template="plotly_white", showlegend=False, height=1100)
     return fig
 

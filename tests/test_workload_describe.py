@@ -183,3 +183,20 @@ def test_peak_rate_is_never_below_the_mean(tmp_path):
     b = describe(burst).summary()
     assert b["peak_1min_rate_per_s"] == pytest.approx(33 / 60) and b["rate_per_s"] == pytest.approx(57 / 300)
     assert not any("less than a minute" in n for n in b["notes"])
+
+
+def test_length_histograms_bin_whole_tokens_evenly_and_the_last_rate_bin_is_not_short_changed():
+    from experiments.workload_report import integer_bins
+    from workloads.describe import WorkloadDescription
+
+    x = np.random.default_rng(0).integers(50, 301, size=36_000)
+    edges = integer_bins(x)
+    per_bin = np.diff(np.ceil(edges))                       # whole numbers each bin holds
+    assert len(set(per_bin.tolist())) == 1 and edges[0] < x.min() and edges[-1] > x.max()
+    counts, _ = np.histogram(x, bins=edges)
+    assert counts[:-1].std() < 4 * np.sqrt(counts[:-1].mean())   # flat data gives a flat histogram, no comb
+    t = np.sort(np.random.default_rng(1).uniform(0, 121, size=12_100))
+    d = WorkloadDescription(source="x", kind="trace", arrival_s=t, input_tokens=np.ones_like(t, dtype=int),
+                            output_tokens=np.ones_like(t, dtype=int))
+    _, rate = d.rate_series()
+    assert rate[-1] > 70                                   # ~100 req/s throughout, the last bin included

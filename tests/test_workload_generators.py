@@ -224,6 +224,27 @@ def test_empirical_lengths_resample_rows_jointly():
     assert set(f.tolist()) <= set(ok[:, 0].tolist())
 
 
+@pytest.mark.parametrize("kind", ["poisson", "sessions"])
+def test_an_empirical_output_len_resamples_the_output_column_in_every_workload(kind):
+    """`output_len: {dist: empirical}` draws the trace's output lengths (the documented default column), and a
+    poisson workload whose two lengths share one file draws whole rows, keeping their joint distribution."""
+    src = np.loadtxt(SHAREGPT_HEAD, delimiter=",", skiprows=1, dtype=np.int64)
+    d = {"dist": "empirical", "path": str(SHAREGPT_HEAD)}
+    if kind == "poisson":
+        cfg = {"type": "poisson", "stages": [{"rate": 100, "duration_s": 200}], "input_len": d, "output_len": d}
+    else:
+        cfg = {"type": "sessions", "arrival": {"process": "poisson", "rate": 20, "duration_s": 200},
+               "turns": 2, "user_message_len": 50, "output_len": d, "think_time_s": 1.0}
+    w = build_workload(TypeAdapter(WorkloadConfig).validate_python(cfg), 3)
+    w = w.preview() if hasattr(w, "preview") else w
+    out = np.asarray(w.output_tokens)
+    se = src[:, 1].std() / math.sqrt(len(out))
+    assert abs(out.mean() - src[:, 1].mean()) < 5 * se + 0.5
+    if kind == "poisson":
+        pairs = set(map(tuple, src.tolist()))
+        assert set(zip(np.asarray(w.input_tokens).tolist(), out.tolist())) <= pairs
+
+
 @pytest.mark.parametrize("cfg, dist", [
     ({"dist": "exponential", "mean": 3.0}, stats.expon(scale=3.0)),
     ({"dist": "gamma", "mean": 2.0, "cv": 2.0}, stats.gamma(0.25, scale=8.0)),

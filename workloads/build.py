@@ -36,7 +36,7 @@ from .base import ArrayWorkload, Segments, Workload, component_rng
 from .classes import draw_classes
 from .closed_loop import closed_loop_workload
 from .config import PoissonWorkload, SyntheticWorkload, WorkloadConfig
-from .lengths import LengthPair, sample_lengths
+from .lengths import LengthPair
 from .multimodal import with_images
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(WorkloadConfig)
@@ -55,8 +55,9 @@ def poisson_workload(cfg: PoissonWorkload, seed: int | np.random.SeedSequence,
     """Poisson arrivals in rate stages with prompt/output lengths from distributions."""
     arrivals, stage = poisson_stage_arrivals(cfg.stages, component_rng(seed, "arrivals"))
     n = len(arrivals)
-    inp = sample_lengths(cfg.input_len, n, component_rng(seed, "input_len"))
-    out = sample_lengths(cfg.output_len, n, component_rng(seed, "output_len"))
+    # whole trace rows when both lengths resample the same file (their joint distribution), else independent draws
+    inp, out = LengthPair(cfg.input_len, cfg.output_len, component_rng(seed, "input_len"),
+                          component_rng(seed, "output_len")).draw(n)
     return with_classes(ArrayWorkload(arrivals, inp, out, stage=stage, max_model_len=max_model_len), cfg, seed)
 
 

@@ -103,7 +103,10 @@ class WorkloadDescription:
         if len(edges) < 2:
             edges = np.array([t0, t0 + bin_s])
         counts, _ = np.histogram(t, bins=edges)
-        return edges[:-1], counts / bin_s
+        # the last bin ends with the last arrival, not at its full width: divide by the time it covers
+        widths = np.diff(edges)
+        widths[-1] = max(min(widths[-1], float(t[-1]) - edges[-2]), bin_s * 1e-3) if len(widths) > 1 else widths[-1]
+        return edges[:-1], counts / widths
 
     def summary(self) -> dict:
         """JSON-ready statistics (see the module docstring)."""

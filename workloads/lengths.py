@@ -129,10 +129,12 @@ def _clip(dist: Any, x: np.ndarray) -> np.ndarray:
     return np.clip(x, lo, dist.max) if dist.max is not None else np.maximum(x, lo)
 
 
-def sample_lengths(dist: Any, n: int, rng: np.random.Generator) -> np.ndarray:
-    """Draw ``n`` token lengths (int64, >= 1) from ``dist`` with ``rng``."""
+def sample_lengths(dist: Any, n: int, rng: np.random.Generator, side: str = "input") -> np.ndarray:
+    """Draw ``n`` token lengths (int64, >= 1) from ``dist`` with ``rng``; `side` (input / output) is the trace
+    column an empirical distribution resamples when it names none."""
     sampler = get("length", dist.dist)
-    return _clip(dist, np.asarray(sampler(dist, n, rng), dtype=np.int64))
+    values = sampler(dist, n, rng, default_column=side) if dist.dist == "empirical" else sampler(dist, n, rng)
+    return _clip(dist, np.asarray(values, dtype=np.int64))
 
 
 class LengthPair:
@@ -160,7 +162,7 @@ class LengthPair:
         if isinstance(dist, EmpiricalLength):
             v = self._empirical(dist, side)
             return _clip(dist, v[rng.integers(0, len(v), size=n)])
-        return sample_lengths(dist, n, rng)
+        return sample_lengths(dist, n, rng, side)
 
     def draw(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """`n` (input, output) length pairs; whole rows of one source when both are empirical over it."""

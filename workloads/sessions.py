@@ -65,7 +65,7 @@ class SessionPlan:
         first = sample_lengths(first_dist, n_s, rng_in)
         later = sample_lengths(later_dist, len(sid), rng_in)
         msg = np.where(k == 0, first[sid], later)
-        out = sample_lengths(cfg.output_len, len(sid), component_rng(seed, "output_len"))
+        out = sample_lengths(cfg.output_len, len(sid), component_rng(seed, "output_len"), side="output")
         think = sample_times(think_dist, len(sid), component_rng(seed, "think"))
         system = component_rng(seed, "system").integers(0, cfg.num_system_prompts, size=n_s)
         sys_len = cfg.system_prompt_len
