@@ -45,9 +45,10 @@ class ReplicaPlan:
 
 
 def build_cost_model(cfg: RunConfig, gpu_name: str | None = None, tp: int | None = None,
-                     allreduce: tuple[float, float] | None = None, alltoall=None, par=None) -> CostModel:
+                     allreduce: tuple | None = None, alltoall=None, par=None) -> CostModel:
     """The cost model of a config's deployment: model, GPU (with a price override), TP degree, dtypes, engine
-    profile; `allreduce` = (bus bandwidth B/s, latency s) of the placement's real path, when known."""
+    profile; `allreduce` = (bus bandwidth B/s, latency s[, custom all-reduce usable]) of the placement's real path,
+    when known."""
     model = get_model(cfg.model.name)
     gpu = get_gpu(gpu_name or cfg.hardware.gpu)
     # the group's parallelism (a pool's, a cascade tier's) when the deployment passes it, else the run's

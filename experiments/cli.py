@@ -34,8 +34,8 @@ def _print_json(obj) -> None:
 
 
 def check_writable(path: Path, option: str, folder: bool) -> None:
-    """Refuse an output path that cannot be written before any work is done: the nearest existing ancestor must be
-    a writable folder, and the path itself a folder (`folder`) or not one."""
+    """Refuse an output path that cannot be written before any work is done: the nearest existing ancestor of its
+    parent must be a writable folder, and the path itself a folder (`folder`) or not one."""
     import os
     import tempfile
 
@@ -43,8 +43,7 @@ def check_writable(path: Path, option: str, folder: bool) -> None:
     if path.exists() and path.is_dir() != folder:
         raise ServesimError(f"{option} {str(path)!r} is {'a file' if folder else 'a folder'}; give "
                             f"{'a folder' if folder else 'a file name'}")
-    parent = path if folder else path.parent
-    parent = parent.absolute()
+    parent = path.absolute().parent       # a folder's outputs are written beside it first, then moved in
     while not parent.exists():
         parent = parent.parent
     try:

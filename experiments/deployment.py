@@ -352,11 +352,14 @@ class Deployment:
         return None
 
     def _router_options(self, pool: str) -> dict:
-        """A pool's own router takes its own router_options; the top-level router the top-level ones."""
+        """A pool's own router takes its own router_options (the top-level ones when it names the top-level router
+        and gives none); the top-level router the top-level ones."""
         own = self._own_router(pool)
-        if own is not None:
-            return own.router_options
-        return self.cfg.router_options
+        if own is None:
+            return self.cfg.router_options
+        if not own.router_options and own.router == self.cfg.router:
+            return self.cfg.router_options          # the same router as the top level: its options too
+        return own.router_options
 
     def _router_name(self, pool: str) -> str:
         if self.cfg.pools is not None:
@@ -382,7 +385,10 @@ class Deployment:
         # NCCL runs small all-reduces (a decode step's) as a tree, whose log-depth crosses the network fewer times
         busbw, ring_latency = allreduce_params(self.cluster, gpus, "ring")
         _, tree_latency = allreduce_params(self.cluster, gpus, "tree")
-        return busbw, min(ring_latency, tree_latency)
+        # vLLM's custom all-reduce still runs on two GPUs of one server over PCIe peer access (it needs NVLink only
+        # beyond two), so their small messages keep the engine's latency
+        custom = one_node and tp == 2
+        return busbw, min(ring_latency, tree_latency), custom
 
     @staticmethod
     def _parallelism(cfg: RunConfig, pool: str):

@@ -53,7 +53,7 @@ import pandas as pd
 from pydantic import (BaseModel, ConfigDict, Field, NonNegativeInt, PositiveFloat, PositiveInt, field_validator,
                       model_validator)
 
-from sim.errors import ConfigError, DeploymentError, ServesimError
+from sim.errors import CatalogError, ConfigError, DeploymentError, ServesimError
 
 _LATENCIES = ("ttft_s", "tpot_s", "e2e_s")
 _NAMES = {"ttft_s": "TTFT", "tpot_s": "TPOT", "e2e_s": "E2E"}
@@ -549,8 +549,8 @@ def plan(source: str | Path | dict, out_dir: str | Path | None = None, *, execut
 def _check_buildable(config: dict, cand: Candidate) -> None:
     """Validate a candidate's config and build its deployment and workload once, without simulating, so a misspelt
     model, policy or scheduler name stops the plan in one line (exit 2) instead of failing every candidate. A
-    deployment that cannot exist (does not fit, TP does not divide the heads) is that candidate's verdict, reported
-    in its row, not an error of the plan."""
+    candidate that cannot exist (does not fit, TP does not divide the heads, experts that do not split) is that
+    candidate's verdict, reported in its row, not an error of the plan."""
     import simpy
 
     from sim.engine import RequestLog
@@ -559,15 +559,19 @@ def _check_buildable(config: dict, cand: Candidate) -> None:
     from .config import validate_config
     from .deployment import Deployment
 
+    cfg = validate_config(config)
     try:
-        cfg = validate_config(config)
         dep = Deployment(cfg, simpy.Environment(), np.random.SeedSequence(cfg.seed), RequestLog(), mode=cfg.sim.mode)
         build_workload(cfg.workload, np.random.SeedSequence(cfg.seed),
                        max_model_len=min(p.plan.max_model_len for p in dep.pools))
-    except DeploymentError:
-        return
     except ServesimError as exc:
-        raise ConfigError(f"candidate {cand.label}: {' '.join(str(exc).split())}") from None
+        # a name that resolves to nothing (a model, GPU, scheduler or other plugin) is the plan's mistake; anything
+        # else (does not fit, experts that do not split over this candidate's GPUs, ...) is this candidate's verdict,
+        # which its row reports when the search runs it
+        if isinstance(exc, CatalogError) or str(exc).startswith("unknown "):
+            raise ConfigError(f"candidate {cand.label}: {' '.join(str(exc).split())}") from None
+    except Exception:  # noqa: BLE001 - a plugin's own bug: the candidate's row records it, the plan goes on
+        return
 
 
 def _unit(row) -> str:

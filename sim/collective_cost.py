@@ -23,8 +23,12 @@ class CollectivePricing:
             return 0.0, 0.0, 0.0, 0.0
         if self.allreduce is not None and not self._ideal:
             # a group off its GPUs' own NVLink fabric (across servers, over PCIe): the engine's custom one-shot
-            # all-reduce needs peer access over NVLink, so every message pays the path's NCCL latency
-            bw, latency = self.allreduce
+            # all-reduce needs NVLink peers (beyond two GPUs of one server), so every message pays the path's NCCL
+            # latency, unless the placement says the custom kernel still runs (a third element, True)
+            bw, latency, *custom = self.allreduce
+            if custom and custom[0]:
+                small = self.engine.allreduce_latency_s
+                return small, max(small, latency), self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
             small = max(self.engine.allreduce_latency_s, latency)
             return small, small, self.engine.small_allreduce_max_bytes, 2.0 * (n - 1) / n / bw
         link = self.gpu.scaleup or self.gpu.host_link

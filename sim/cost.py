@@ -461,9 +461,11 @@ class CostModel(AttentionPricing, CollectivePricing):
     def sparse_weight_factor(self) -> float:
         """Bytes of a 2:4-sparse weight matrix relative to dense: half the values plus 2 bits of index metadata
         per kept value (NVIDIA's compressed format), i.e. 0.5 + 1 bit per original element (0.5625 at 16 bit)."""
-        if self.sparsity != "2:4":
-            return 1.0
-        return 0.5 + 1.0 / (8.0 * DTYPE_BYTES[self.weight_dtype])
+        return self._sparse_factor(DTYPE_BYTES[self.weight_dtype])
+
+    def _sparse_factor(self, elem_bytes: float) -> float:
+        """`sparse_weight_factor` for weights of `elem_bytes` bytes (1.0 when the model is dense)."""
+        return 0.5 + 1.0 / (8.0 * elem_bytes) if self.sparsity == "2:4" else 1.0
 
     def _row_time(self, elements: float) -> float:
         """Seconds per activation row of a tinygemm int4 GEMM over `elements` weights (0 for other kernels)."""
@@ -492,9 +494,11 @@ class CostModel(AttentionPricing, CollectivePricing):
                                0.0, sparse_peak, wbw, kernels, True, row_s=self._row_time(k_in * n_out)))
 
         def gemm_16bit(name, count, k_in, n_out, kernels=1):
-            # a projection the checkpoint keeps in the activation dtype: dense 16-bit weight streaming and math
-            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * ab * sf, (k_in + n_out) * ab,
-                               0.0, peak16 * (2.0 if self.sparsity == "2:4" else 1.0), bw16, kernels, True))
+            # a projection the checkpoint keeps in the activation dtype: 16-bit weight streaming and math (2:4
+            # sparse at the 16-bit layout's factor when the model is sparse)
+            ops.append(_Linear(name, count, 2.0 * k_in * n_out, 0.0, k_in * n_out * ab * self._sparse_factor(ab),
+                               (k_in + n_out) * ab, 0.0, peak16 * (2.0 if self.sparsity == "2:4" else 1.0), bw16,
+                               kernels, True))
 
         attn_gemm = gemm_16bit if self._attention_unquantized else gemm
         if m.attention_type == "mla":
@@ -580,17 +584,15 @@ class CostModel(AttentionPricing, CollectivePricing):
         # projections where the checkpoint says so (ModelSpec.unquantized_modules)
         head_16bit = 0.0 if self.engine.quantized_lm_head else m.lm_head_params
         sixteen = m.embedding_params + head_16bit + m.norm_params + m.num_moe_layers * m.router_params
-        if self._attention_unquantized:
-            sixteen += m.num_layers * m.attention_params_per_layer
+        # attention kept 16-bit by the checkpoint: its own bytes, 2:4-sparse at the 16-bit factor when sparse
+        attn16 = m.num_layers * m.attention_params_per_layer if self._attention_unquantized else 0.0
         if self.weight_dtype not in _QUANTIZED:
             sixteen = 0.0                                   # an unquantized model: one dtype throughout
         sparse = 0.0
         if self.sparsity:
             sparse = (m.total_params - m.embedding_params - m.lm_head_params - m.norm_params
-                      - m.num_moe_layers * m.router_params)
-            if self._attention_unquantized and sixteen:
-                sparse -= m.num_layers * m.attention_params_per_layer
-        dense = m.total_params - sixteen - sparse
+                      - m.num_moe_layers * m.router_params - attn16)
+        dense = m.total_params - sixteen - attn16 - sparse
         experts = 0.0
         if self.expert_parallel and self.ep_size != self.tp:
             # whole experts spread over ep_size GPUs instead of a 1/tp slice of each: count them apart
@@ -602,7 +604,8 @@ class CostModel(AttentionPricing, CollectivePricing):
             experts_bytes = experts * wb * (self.sparse_weight_factor if self.sparsity else 1.0) / self.ep_size
         else:
             experts_bytes = 0.0
-        return (dense * wb + sparse * wb * self.sparse_weight_factor + sixteen * ab) / self.tp + experts_bytes
+        return (dense * wb + sparse * wb * self.sparse_weight_factor + sixteen * ab
+                + attn16 * ab * self._sparse_factor(ab)) / self.tp + experts_bytes
 
     @property
     def kv_bytes_per_token_per_gpu(self) -> float:

@@ -562,7 +562,10 @@ def _unmodelled(where: str, what: str, nearest: str | None = "int4") -> CatalogE
 
 def _int_bits(bits: Any, where: str, what: str) -> str:
     """int4 / int8 for a 4- or 8-bit integer format; other widths (GPTQ 2/3-bit, ...) are refused."""
-    bits = int(bits) if isinstance(bits, str) and bits.isdigit() else bits
+    if isinstance(bits, str) and bits.isdigit():
+        bits = int(bits)
+    elif isinstance(bits, float) and bits.is_integer():
+        bits = int(bits)
     if bits in (4, 8):
         return f"int{bits}"
     raise _unmodelled(where, f"{what} with {bits}-bit weights")
@@ -657,8 +660,10 @@ def _int(cfg: dict[str, Any], key: str, default: int = 0) -> int:
     return int(v)
 
 
-def _flag(value: Any, key: str) -> bool:
-    """A JSON boolean; a string like "false" would otherwise read as true."""
+def _flag(value: Any, key: str, default: bool = False) -> bool:
+    """A JSON boolean (null: the config class's default); a string like "false" would otherwise read as true."""
+    if value is None:
+        return default
     if isinstance(value, bool):
         return value
     raise ValueError(f"'{key}' must be true or false, got {value!r}")
@@ -802,7 +807,7 @@ def from_hf_config(config: dict, name: str = "custom", source: str = "") -> Mode
             ffn_type=ffn,
             attention_type=attention,
             qkv_bias=qkv_bias,
-            tie_word_embeddings=_flag(tie, "tie_word_embeddings"),
+            tie_word_embeddings=_flag(tie, "tie_word_embeddings", tie_default),
             linear_bias=linear_bias,
             learned_positions=learned,
             sliding_window=int(sliding) if sliding else None,

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from experiments.runner import run
+from sim.cost import get_engine_profile
 from sim.errors import ConfigError, DeploymentError
 from topologies import Cluster, default_cluster
 
@@ -397,10 +398,35 @@ def test_session_affinity_keeps_sessions_while_an_autoscaler_changes_the_replica
     assert r.summary["energy"]["allocated_energy_j"] == pytest.approx(700.0 * held_gpu_s, rel=1e-6)
 
 
+def _built(cfg):
+    import simpy
+
+    from experiments.config import load_config
+    from experiments.deployment import Deployment
+    from sim.engine import RequestLog
+
+    return Deployment(load_config(cfg), simpy.Environment(), np.random.SeedSequence(0), RequestLog())
+
+
 def test_a_pools_own_router_takes_its_own_options():
     wl = {"type": "poisson", "stages": [{"rate": 2, "duration_s": 5}], "input_len": 200, "output_len": 10}
     pools = {"prefill": {"replicas": 2}, "decode": {"replicas": 2, "router": "prefix_affinity",
                                                     "router_options": {"load_guard": 2}}}
     complete(run(base(wl, pools=pools)))
+    assert _built(base(wl, pools=pools)).pools[1].router.load_guard == 2
+    # naming the top-level router without options of its own: the top-level options
+    same = {**pools, "decode": {"replicas": 2, "router": "prefix_affinity"}}
+    dep = _built({**base(wl, pools=same), "router": "prefix_affinity", "router_options": {"load_guard": 5}})
+    assert [p.router.load_guard for p in dep.pools] == [5, 5]
     with pytest.raises(ConfigError, match="router_options configure the pool's own router"):
         run(base(wl, pools={**pools, "decode": {"replicas": 2, "router_options": {"load_guard": 2}}}))
+
+
+def test_two_pcie_gpus_keep_the_custom_all_reduce_and_four_pay_nccl():
+    wl = {"type": "poisson", "stages": [{"rate": 1, "duration_s": 2}], "input_len": 100, "output_len": 5}
+    small = {}
+    for tp in (2, 4):
+        cost = _built({**base(wl), "hardware": {"gpu": "l40s"}, "parallelism": {"tp": tp}}).replicas[0].cost
+        small[tp] = cost._collective[0]
+    assert small[2] == pytest.approx(get_engine_profile("vllm").allreduce_latency_s)
+    assert small[4] > 5 * small[2]

@@ -523,3 +523,18 @@ def test_estimate_refuses_a_context_beyond_the_models():
         estimate("llama-2-7b", "h100", context=4097)
     with pytest.raises(ConfigError, match="max_position_embeddings"):
         estimate("llama-2-7b", "h100", prompt_len=2048, context=2049)
+
+
+def test_sparse_fp8_with_16_bit_attention_streams_what_it_stores():
+    """2:4 sparsity on a checkpoint that keeps attention in bf16: memory and the step's bytes agree on the
+    attention's size (16-bit values, 2:4-compressed at the 16-bit layout's factor)."""
+    scout = get_model("RedHatAI/Llama-4-Scout-17B-16E-Instruct-FP8-dynamic")
+    plain = dataclasses.replace(scout, unquantized_modules=())
+    mixed, all8 = CostModel(scout, H100, tp=2, sparsity="2:4"), CostModel(plain, H100, tp=2, sparsity="2:4")
+    attn = scout.num_layers * scout.attention_params_per_layer / 2
+    stored = mixed.weight_bytes_per_gpu - all8.weight_bytes_per_gpu
+    assert stored == pytest.approx(attn * (2 * 0.5625 - 1 * 0.625))
+    shape = BatchShape.decode(1, 16)
+    streamed = sum(o.bytes for o in mixed.breakdown(shape) if o.name in ("qkv_proj", "o_proj")) \
+        - sum(o.bytes for o in all8.breakdown(shape) if o.name in ("qkv_proj", "o_proj"))
+    assert streamed == pytest.approx(stored, rel=0.01)

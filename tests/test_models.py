@@ -632,3 +632,13 @@ def test_hf_values_of_the_wrong_kind_are_refused_not_coerced(change, message):
     with pytest.raises(CatalogError, match=message):
         from_hf_config({**cfg, **change})
     assert from_hf_config({**cfg, "torch_dtype": "float8_e4m3fn"}).default_weight_dtype == "fp8"
+
+
+def test_hf_integral_floats_and_null_flags_read_as_transformers_reads_them():
+    from sim.models import from_hf_config
+
+    cfg = {"architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 2048, "num_hidden_layers": 16,
+           "num_attention_heads": 32, "num_key_value_heads": 8, "intermediate_size": 8192, "vocab_size": 128256}
+    gptq = {**cfg, "quantization_config": {"quant_method": "gptq", "bits": 4.0, "group_size": 128}}
+    assert from_hf_config(gptq).default_weight_dtype == "int4"
+    assert from_hf_config({**cfg, "tie_word_embeddings": None}).tie_word_embeddings is False   # LlamaConfig's default

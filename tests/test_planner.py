@@ -119,6 +119,16 @@ def test_a_misspelt_name_stops_the_plan_before_any_probe(monkeypatch, change, me
         planner.plan({**PLAN, **change})
 
 
+def test_a_candidate_that_cannot_exist_is_its_rows_verdict_not_the_plans():
+    """2:4 sparsity on a T4 (no sparse tensor cores) rules that candidate out in its row; the H100 is answered."""
+    small = {**PLAN, "model": {"name": "llama-3.2-1b", "sparsity": "2:4"}, "gpus": ["h100-sxm-80gb", "t4"],
+             "probe_duration_s": 10, "min_requests": 10, "target_rate": 20, "slo": {"ttft_s": 0.5}}
+    res = planner.plan(small)
+    rows = {r["gpu"]: r for r in res.table.to_dict("records")}
+    assert rows["t4"]["status"] == "failed" and "sparse" in rows["t4"]["error"]
+    assert str(rows["h100-sxm-80gb"]["status"]).startswith("ok")
+
+
 def _table(*rows):
     cols = {"candidate": None, "status": None, "error": None, "usd_per_hour": np.nan, "replicas": np.nan,
             "gpus": np.nan, "max_rate_per_replica": np.nan, "utilization": np.nan, "pareto": False,

@@ -200,3 +200,15 @@ def test_length_histograms_bin_whole_tokens_evenly_and_the_last_rate_bin_is_not_
                             output_tokens=np.ones_like(t, dtype=int))
     _, rate = d.rate_series()
     assert rate[-1] > 70                                   # ~100 req/s throughout, the last bin included
+
+
+def test_describe_reads_a_plan_file_without_base_as_a_plan(tmp_path):
+    import yaml
+
+    plan = {"name": "p", "model": "llama-3.1-8b", "target_rate": 5, "slo": {"ttft_s": 1}, "gpus": ["h100"],
+            "workload": {"type": "poisson", "stages": [{"rate": 2, "duration_s": 30}], "input_len": 100,
+                         "output_len": 10}}
+    path = tmp_path / "plan.yaml"
+    path.write_text(yaml.safe_dump(plan))
+    d = describe(path)
+    assert len(d.input_tokens) == 60

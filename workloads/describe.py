@@ -171,7 +171,8 @@ def describe(source: str | Path | Mapping[str, Any], *, fmt: str = "auto", seed:
     if p.suffix.lower() not in _YAML:
         return describe_trace(p, fmt=fmt)
     data = _read_yaml(p)
-    if "workload" in data and "base" not in data:          # a run config (sweep and plan files have a base)
+    study = {"base", "slo", "target_rate", "gpus", "grid", "zip", "random"} & set(data)
+    if "workload" in data and not study:                  # a run config (sweep and plan files have keys of their own)
         from experiments.config import load_config
 
         run = load_config(p, [f"seed={seed}"] if seed is not None else None)
