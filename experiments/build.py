@@ -121,7 +121,9 @@ def offloaded_cost(cfg: RunConfig, cost: CostModel):
             placement = Placement(**spec)
         except TypeError as exc:
             raise ConfigError(f"offload: {exc}") from None
-        return OffloadedCostModel(cost, placement, hw)
+        offloaded = OffloadedCostModel(cost, placement, hw)
+        offloaded.check_weights_fit()
+        return offloaded
     if "hot_fraction" not in spec:
         raise ConfigError("powerinfer.hot_fraction is required (share of each FFN's neurons kept on the GPU)")
     return HotColdCostModel(cost, spec["hot_fraction"], spec.get("activation_sparsity", 0.0), hw)

@@ -210,6 +210,21 @@ def catalog_gpus(as_json: bool = typer.Option(False, "--json", help="Print JSON.
                                                                 "fp8_tflops", "ridge_bf16", "scaleup", "price_per_hour"])
 
 
+@catalog_app.command("links")
+def catalog_links(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+    """Links and host-side tiers (PCIe, NVLink, InfiniBand, Ethernet, host DRAM, NVMe) with peak and achievable
+    bandwidth, latency and capacity: the names a GPU entry, a cluster or an offload tier refers to."""
+    from experiments.tables import print_rows
+    from sim.hardware import list_links
+
+    rows = [{"name": k.name, "kind": k.kind, "peak_gbps": k.bw_gbps_per_direction,
+             "achievable_fraction": k.achievable_fraction, "achievable_gbps": round(k.bandwidth / 1e9, 1),
+             "latency_us": k.latency_us, "capacity_gb": k.capacity_gb, "display_name": k.display_name}
+            for k in list_links()]
+    _print_json(rows) if as_json else print_rows("Links", rows, ["name", "kind", "peak_gbps", "achievable_gbps",
+                                                                 "latency_us", "capacity_gb"])
+
+
 @catalog_app.command("models")
 def catalog_models(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Models with parameters, active parameters and KV bytes per token."""
@@ -261,12 +276,13 @@ def catalog_policies(as_json: bool = typer.Option(False, "--json", help="Print J
 
 @catalog_app.command("constants")
 def catalog_constants(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """Every cost-model constant with value, unit and source."""
+    """Every cost-model constant with value, unit and source, and the values some GPU generations replace."""
     from experiments.tables import print_rows
-    from sim.cost import constants_table
+    from sim.cost import constants_table, gpu_overrides_table
 
-    rows = constants_table()
-    _print_json(rows) if as_json else print_rows("Cost-model constants", rows, ["name", "value", "unit", "source"])
+    rows = [{**r, "gpus": "all (default)"} for r in constants_table()] + gpu_overrides_table()
+    _print_json(rows) if as_json else print_rows("Cost-model constants", rows, ["name", "gpus", "value", "unit",
+                                                                                "source"])
 
 
 @app.command()

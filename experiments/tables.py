@@ -73,12 +73,15 @@ def print_estimate(est) -> None:
     console = Console()
     console.print(table)
     mem = d["memory"]
-    console.print(f"per GPU: {d['tokens_per_s']:.1f} tokens/s, MFU {d['mfu']:.1%}, MBU {d['mbu']:.1%}; "
+    gpus = d.get("tp", 1)
+    scope = f"replica ({gpus} GPUs): " if gpus > 1 else ""
+    console.print(f"{scope}{d['tokens_per_s']:.1f} tokens/s; per GPU: MFU {d['mfu']:.1%}, MBU {d['mbu']:.1%}, "
                   f"weights {mem['weights_gb']:.2f} GB, KV {mem['kv_bytes_per_token'] / 1024:.1f} KiB/token, "
                   f"KV capacity {mem['max_kv_tokens']:,} tokens"
                   + ("" if mem["kv_fits"] else "  [bold red]batch KV does not fit in memory[/]"))
     if d.get("power_w"):
-        console.print(f"energy: {d['power_w']:g} W, {d['energy_j_per_token']:.3g} J/token")
+        each = f" x {gpus} GPUs" if gpus > 1 else ""
+        console.print(f"energy: {d['power_w']:g} W{each}, {d['energy_j_per_token']:.3g} J/token")
     else:
         console.print("energy: the catalogue has no TDP for this device; give --power-w to get J/token")
     off = d.get("offload")

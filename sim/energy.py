@@ -17,6 +17,8 @@ none) need the power given (`power_w`).
 """
 from __future__ import annotations
 
+import math
+
 from .errors import ConfigError
 from .hardware import GPUSpec
 
@@ -34,8 +36,8 @@ def energy_per_token_j(power_w: float, step_time_s: float, tokens: float) -> flo
 def device_power_w(gpu: GPUSpec, power_w: float | None = None) -> float | None:
     """The power to charge for `gpu`: `power_w` when given, else its TDP, else None (unknown)."""
     if power_w is not None:
-        if power_w <= 0:
-            raise ConfigError(f"--power-w must be > 0 watts, got {power_w!r}")
+        if not (math.isfinite(power_w) and power_w > 0):
+            raise ConfigError(f"--power-w must be a finite number > 0 (watts), got {power_w!r}")
         return float(power_w)
     return gpu.tdp_w
 

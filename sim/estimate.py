@@ -49,16 +49,17 @@ class Estimate:
 
     @property
     def energy_j(self) -> float | None:
-        """Energy of the iteration at `power_w` (the TDP model: busy at TDP)."""
-        return None if self.power_w is None else self.power_w * self.latency_s
+        """Energy of the iteration at `power_w` per GPU over the replica's `tp` GPUs (the TDP model: busy at TDP)."""
+        return None if self.power_w is None else self.power_w * self.tp * self.latency_s
 
     @property
     def energy_j_per_token(self) -> float | None:
-        """Joules per token: prompt tokens for prefill, generated tokens for decode."""
+        """Joules per token of the whole replica (all its GPUs): prompt tokens for prefill, generated tokens for
+        decode."""
         if self.power_w is None:
             return None
         tokens = self.batch * (self.prompt_len if self.phase == "prefill" else 1)
-        return energy_per_token_j(self.power_w, self.latency_s, tokens)
+        return energy_per_token_j(self.power_w * self.tp, self.latency_s, tokens)
 
     @property
     def bound(self) -> str:
@@ -70,7 +71,8 @@ class Estimate:
 
     @property
     def tokens_per_s(self) -> float:
-        """Tokens processed per second: prompt tokens for prefill, generated tokens for decode."""
+        """Tokens the replica (all its TP GPUs) processes per second: prompt tokens for prefill, generated tokens for
+        decode."""
         tokens = self.batch * (self.prompt_len if self.phase == "prefill" else 1)
         return tokens / self.latency_s
 
@@ -159,6 +161,7 @@ def estimate(model: str | ModelSpec, gpu: str | GPUSpec, *, tp: int = 1, batch: 
     if offload is not None:
         placement = Placement.parse(offload) if isinstance(offload, str) else offload
         cost = OffloadedCostModel(cost, placement, offload_hardware)
+        cost.check_weights_fit()
     # Refuse only a replica whose weights cannot be loaded; a batch too large for the memory left
     # (its KV, or its profiling activations) is still priced and flagged kv_fits=False.
     plan_memory(cost, gpu_memory_utilization, max_num_batched_tokens=1, max_num_seqs=1, block_size=16)

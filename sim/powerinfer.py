@@ -5,7 +5,7 @@ skipped. A cost model with the `CostModel` pricing interface (config `powerinfer
 from __future__ import annotations
 
 from .cost import BatchShape, CostModel
-from .errors import ConfigError
+from .errors import ConfigError, DeploymentError
 from .hardware import DTYPE_BYTES
 from .weight_offload import _SKIP, FFN_OPS, PER_STEP_OPS, OffloadHardware
 
@@ -38,6 +38,11 @@ class HotColdCostModel:
         self._ffn_bytes = m.dense_ffn_params * wb                   # one layer's FFN weights
         self._ffn_flops_tok = 2.0 * m.dense_ffn_params               # per token, all neurons
         self._act_tok = m.hidden_size * DTYPE_BYTES[base.act_dtype]
+        cold = (1.0 - hot_fraction) * self._ffn_bytes * m.num_layers
+        if cold > self.hw.host_memory_bytes:
+            raise DeploymentError(f"powerinfer: the cold FFN rows ({cold / 1e9:.1f} GB) do not fit in the "
+                                  f"{self.hw.host_memory_bytes / 1e9:.0f} GB of host memory; raise hot_fraction or "
+                                  f"give more host memory")
 
     @property
     def weight_bytes_per_gpu(self) -> float:

@@ -25,10 +25,12 @@ staging, compression (FlexGen's 4-bit mode), the sparsity predictors' own cost.
 """
 from __future__ import annotations
 
+import math
+
 from dataclasses import dataclass, replace
 
 from .cost import BatchShape, CostModel, OpCost
-from .errors import ConfigError
+from .errors import ConfigError, DeploymentError
 from .hardware import DTYPE_BYTES, GPUSpec, get_link
 from .memory import NON_TORCH_OVERHEAD_BYTES
 
@@ -111,16 +113,26 @@ class Placement:
             if not sep or key not in (*cls.__dataclass_fields__, "weights_disk"):
                 raise ConfigError(f"--offload: cannot read {part!r}; use e.g. gpu=0.2,cpu=0.8 (weights) with "
                                   f"optional kv_gpu=, kv_cpu=, act_gpu=, act_cpu=, cpu_attention=1, gpu_batch=N")
+            v = val.strip().lower()
+            if key in ("cpu_attention", "overlap"):
+                if v not in _FLAGS:
+                    raise ConfigError(f"--offload: {key}={val!r}; use 1 or 0 (true / false)")
+                kw[key] = _FLAGS[v]
+                continue
             try:
-                kw[key] = (val.strip().lower() in ("1", "true", "yes", "on") if key in ("cpu_attention", "overlap")
-                           else int(val) if key == "gpu_batch" else float(val))
+                kw[key] = int(val) if key == "gpu_batch" else float(val)
             except ValueError:
                 raise ConfigError(f"--offload: {key}={val!r} is not a number") from None
-        disk = kw.pop("weights_disk", None)
-        if disk is not None and "weights_cpu" not in kw:
-            kw["weights_cpu"] = max(0.0, 1.0 - kw.get("weights_gpu", 0.0) - disk)
-        if "weights_cpu" in kw and "weights_gpu" not in kw:
-            kw["weights_gpu"] = max(0.0, 1.0 - kw["weights_cpu"] - (disk or 0.0))
+        # each of weights / kv / act: the fractions not given are what the given ones leave (the disk takes the rest)
+        for kind in ("weights", "kv", "act"):
+            g, c, d = (kw.pop(f"{kind}_{t}", None) if t == "disk" else kw.get(f"{kind}_{t}") for t in ("gpu", "cpu", "disk"))
+            given = [x for x in (g, c, d) if x is not None]
+            if len(given) == 3 and abs(sum(given) - 1.0) > 1e-9:
+                raise ConfigError(f"--offload: {kind} fractions gpu + cpu + disk = {sum(given):g}; they must add to 1")
+            if g is None and given:
+                kw[f"{kind}_gpu"] = max(0.0, 1.0 - sum(given))
+            elif c is None and d is not None:
+                kw[f"{kind}_cpu"] = max(0.0, 1.0 - g - d)
         return cls(**kw)
 
     def label(self) -> str:
@@ -152,6 +164,17 @@ class OffloadHardware:
         """The GPU's own host link (catalogue), a disk and a host memory from the link catalogue; each figure
         can be replaced (GB/s are 1e9 B/s, achievable). The disk's write bandwidth defaults to its read
         bandwidth (the catalogue lists sequential reads only)."""
+        if gpu.host_link == "soc-unified-memory":
+            # an SoC's CPU and GPU share one DRAM: there is no host tier for weights or KV to move to
+            raise ConfigError(f"offload / powerinfer move weights and KV to host memory over PCIe, but "
+                              f"{gpu.name}'s CPU and GPU share one memory; remove them and pick a model that fits "
+                              f"(a smaller one, or a 4-bit weight_dtype)")
+        for key, value in (("host_memory_gb", host_memory_gb), ("disk_gb", disk_gb), ("disk_read_gbps", disk_read_gbps),
+                           ("disk_write_gbps", disk_write_gbps), ("host_mem_gbps", host_mem_gbps),
+                           ("host_flops", host_flops), ("pcie_gbps", pcie_gbps)):
+            if value is not None and not (math.isfinite(value) and value > 0):
+                raise ConfigError(f"offload hardware {key} must be a finite number > 0, got {value!r}; leave it "
+                                  f"out for the catalogue's figure")
         link = get_link(gpu.host_link)
         d, h = get_link(disk), get_link(host_memory)
         read = disk_read_gbps * 1e9 if disk_read_gbps else d.bandwidth
@@ -162,6 +185,9 @@ class OffloadHardware:
                    host_memory_bytes=mem_gb * 1e9, disk_bytes=(disk_gb if disk_gb is not None
                                                                else d.capacity_gb or 0.0) * 1e9,
                    pcie_latency_s=link.latency_us * 1e-6)
+
+
+_FLAGS = {"1": True, "true": True, "yes": True, "on": True, "0": False, "false": False, "no": False, "off": False}
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,6 +221,17 @@ def _split(b: BatchShape, k: int) -> BatchShape:
 
 class OffloadedCostModel:
     """A `CostModel` whose weights / KV / activations are placed by a `Placement`; same pricing interface."""
+
+    def check_weights_fit(self) -> None:
+        """Refuse a placement whose weights alone overflow the host memory or the disk (`fits` also counts KV)."""
+        p, base = self.placement, self.base
+        for tier, share, room in (("host memory", p.weights_cpu, self.hw.host_memory_bytes),
+                                  ("disk", p.weights_disk, self.hw.disk_bytes)):
+            need = share * base.weight_bytes_per_gpu
+            if need > room:
+                raise DeploymentError(f"{share:.0%} of {base.model.name}'s weights ({need / 1e9:.1f} GB) do not fit "
+                                      f"in the {room / 1e9:.0f} GB of {tier}; move them to another tier or give "
+                                      f"more {tier}")
 
     def __init__(self, base: CostModel, placement: Placement, hardware: OffloadHardware | None = None) -> None:
         if base.tp != 1:

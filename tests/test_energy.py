@@ -60,3 +60,11 @@ def test_datacenter_estimate_uses_the_catalogue_tdp():
     assert est.power_w == get_gpu("h100").tdp_w
     assert est.energy_j_per_token == pytest.approx(est.power_w * est.latency_s / 16, rel=1e-12)
     assert est.as_dict()["energy"]["unified_memory"] is False
+
+
+def test_a_tp_replicas_energy_per_token_charges_all_its_gpus():
+    one, eight = (estimate("llama-3.1-8b", "h100", batch=32, context=1024, tp=tp) for tp in (1, 8))
+    assert eight.energy_j_per_token == pytest.approx(8 * 700.0 * eight.latency_s / 32)
+    assert eight.energy_j_per_token > one.energy_j_per_token        # more GPUs per token, not fewer
+    with pytest.raises(ConfigError, match="finite number > 0"):
+        estimate("llama-3.1-8b", "h100", context=10, power_w=float("nan"))

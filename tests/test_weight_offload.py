@@ -212,3 +212,22 @@ def test_hot_cold_split_beats_plain_offload_for_a_relu_model():
     assert hc.decode_run_times(1, 513, 3).tolist() == [hc.step_time(BatchShape(tokens=1, sampled=1, decode_seqs=1,
                                                                                  decode_ctx=513 + i))
                                                        for i in range(3)]
+
+
+def test_offload_hardware_is_checked_and_unified_memory_has_nothing_to_offload_to():
+    from sim.estimate import estimate
+    from sim.weight_offload import OffloadHardware, Placement
+
+    with pytest.raises(ConfigError, match="share one memory"):
+        estimate("llama-3.1-70b", "jetson-orin-nx", context=512, offload="gpu=0,cpu=1")
+    for bad in ({"pcie_gbps": -5}, {"disk_read_gbps": 0}, {"host_flops": 0}, {"host_memory_gb": float("nan")}):
+        with pytest.raises(ConfigError, match="must be a finite number > 0"):
+            OffloadHardware.for_gpu(get_gpu("t4"), **bad)
+    with pytest.raises(DeploymentError, match="do not fit in the 1 GB of host memory"):
+        estimate("opt-30b", "t4", context=512, offload="gpu=0.1,cpu=0.9",
+                 offload_hardware=OffloadHardware.for_gpu(get_gpu("t4"), host_memory_gb=1))
+    assert Placement.parse("gpu=0.1,cpu=0.9,kv_cpu=1").kv_gpu == 0.0         # kv_gpu is what kv_cpu leaves
+    with pytest.raises(ConfigError, match="must add to 1"):
+        Placement.parse("gpu=0.1,disk=0.5,cpu=0.9")
+    with pytest.raises(ConfigError, match="use 1 or 0"):
+        Placement.parse("cpu_attention=maybe")
