@@ -163,6 +163,14 @@ def plan_replica(cfg: RunConfig, cost: CostModel, rng: np.random.Generator | Non
     out of the same memory."""
     if pp > 1 and cfg.speculative:
         raise ConfigError("speculative decoding with pipeline parallelism (pp > 1) is not modelled; use pp: 1")
+    if cfg.speculative and getattr(cost, "degree", 1) > 1:
+        # its K + 1 verification positions would be priced as a prefill chunk over the sequence-parallel ring
+        raise ConfigError("speculative decoding with sequence parallelism (sp > 1) is not modelled; use sp: 1 or "
+                          "remove speculative")
+    if cfg.speculative and hasattr(registry.get("scheduler", cfg.scheduler), "shape"):
+        # a request-level batch pads every sequence to the longest; the speculative step prices the batch as it is
+        raise ConfigError(f"speculative decoding with the padded static batches of scheduler {cfg.scheduler!r} is "
+                          f"not modelled; use another scheduler (vllm, dynamic, orca, sarathi) or remove speculative")
     layers = cost.model.num_layers
     if pp > layers:
         # each stage holds whole layers (vLLM refuses more stages than layers)

@@ -557,6 +557,7 @@ class Deployment:
             req.state = REJECTED
             self._finished(req)
             return
+        req.admitted = r.admitted                 # an escalation is not an arrival: admission judged it already
         self._to_tiers(req, rest)
 
     # ------------------------------------------------------------ disaggregation
@@ -594,6 +595,7 @@ class Deployment:
             self._finished(req)
             return
         req.first_scheduled = clone.first_scheduled
+        req.admitted = clone.admitted            # admitted at the prefill pool: the decode pool does not judge it again
         req.cached_tokens = clone.cached_tokens
         req.recomputed_tokens = clone.recomputed_tokens
         req.preemptions = clone.preemptions

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, PositiveInt, 
 from sim.errors import ServesimError
 from sim.hardware import get_gpu
 from sim.registry import REGISTRY, get, register
+from sim.request import REJECTED
 
 from .encoder_cost import EncoderCost, EncoderSpec, get_encoder, list_encoders  # noqa: F401  (re-exported)
 
@@ -261,9 +262,12 @@ class InlineEncoder(_Stage):
 
     def _pricing(self, enqueue, cache: EncoderCache, cost: EncoderCost):
         def enqueue_with_encoder(req) -> None:
-            if req.images and req.first_scheduled < 0 and not req.encoder_s:
-                req.encoder_s = self.price(req, cache, cost)
+            fresh = req.images and req.first_scheduled < 0 and not req.encoder_s
             enqueue(req)
+            # priced (and cached) only once the replica has accepted it: a refused request encodes nothing; the
+            # replica's loop runs after this returns, so the time is in place before the request is scheduled
+            if fresh and req.state != REJECTED:
+                req.encoder_s = self.price(req, cache, cost)
 
         return enqueue_with_encoder
 

@@ -260,13 +260,15 @@ class Replica:
         now = self.env.now
         if now > req.enqueued:
             req.enqueued = now        # handed over late (a front-end stage, a KV transfer, an escalation): visible from now
-        if self.admission is not None and not self.admission.admit(req, self, self.env.now):
-            req.state = REJECTED
-            self.steps.rejected += 1
-            self.rejected.append(req)
-            if self.on_finish is not None:
-                self.on_finish(req)       # the client hears the refusal at once
-            return
+        if self.admission is not None and not req.admitted:
+            if not self.admission.admit(req, self, self.env.now):
+                req.state = REJECTED
+                self.steps.rejected += 1
+                self.rejected.append(req)
+                if self.on_finish is not None:
+                    self.on_finish(req)       # the client hears the refusal at once
+                return
+            req.admitted = True           # admission happens once, at entry: not again after a KV transfer or escalation
         if self.eviction is not None:
             req.kv_cap = self.eviction.cap(req)
         if self.engine.enable_prefix_caching and req.segments is not None and not req.hashes:

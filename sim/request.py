@@ -29,7 +29,8 @@ class Request:
                  "num_computed", "generated", "state", "first_scheduled", "first_token", "finish",
                  "preemptions", "cached_tokens", "recomputed_tokens", "session_id", "stage", "replica", "kv_slots", "seq", "lazy_tick",
                  "tenant", "priority", "slo_ttft_s", "slo_tpot_s", "output_key", "swapped_blocks", "preloaded", "last_token",
-                 "kv_transfer_s", "prefill_replica", "images", "difficulty", "cache_hit", "encoder_s", "model", "kv_cap", "enqueued")
+                 "kv_transfer_s", "prefill_replica", "images", "difficulty", "cache_hit", "encoder_s", "model", "kv_cap", "enqueued",
+                 "admitted")
 
     def __init__(self, rid: int, arrival: float, prompt_len: int, output_len: int, segments=None,
                  session_id: str | None = None, stage: int = 0, tenant: str | None = None, priority: int = 0,
@@ -65,6 +66,7 @@ class Request:
         self.slo_tpot_s = slo_tpot_s
         self.swapped_blocks = 0         # KV blocks held in host memory while SWAPPED
         self.preloaded = 0              # prompt tokens whose KV arrived from elsewhere (a prefill instance)
+        self.admitted = False           # passed admission control once (a decode pool or escalation tier: not again)
         self.kv_transfer_s = 0.0        # time its KV spent moving between instances (PD disaggregation)
         self.prefill_replica = -1       # the instance that ran its prompt, when not this one
         self.images = None              # ((image id, encoder tokens), ...) of a multimodal prompt (workload)

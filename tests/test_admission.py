@@ -170,3 +170,29 @@ def test_spec_errors_are_one_line_config_errors():
         build({"type": "token_bucket", "unit": "bytes"})
     with pytest.raises(ConfigError, match="unknown admission 'drop_tail'"):
         build({"type": "drop_tail"})
+
+
+def test_admission_judges_a_request_once_at_entry_not_again_after_its_prefill_or_escalation():
+    from experiments.runner import run
+
+    wl = {"type": "poisson", "stages": [{"rate": 40, "duration_s": 10}], "input_len": 200, "output_len": 400}
+    cfg = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100"}, "seed": 3, "sim": {"progress": False},
+           "engine": {"max_num_seqs": 8}, "admission": {"type": "bounded_queue", "max_queue": 2}, "workload": wl,
+           "pools": {"prefill": {"replicas": 1}, "decode": {"replicas": 1}}}
+    r = run(cfg)
+    rows = {row["pool"]: row for row in r.summary["replicas"]}
+    assert rows["prefill"]["rejected"] > 0 and rows["decode"]["rejected"] == 0   # refused at entry only
+    assert r.summary["requests"]["completed"] + r.summary["requests"]["rejected"] == r.summary["requests"]["total"]
+
+
+def test_an_inline_encoder_encodes_only_the_images_of_requests_it_accepts():
+    from experiments.runner import run
+
+    cfg = {"model": "llama-3.1-8b", "hardware": {"gpu": "h100"}, "seed": 3, "sim": {"progress": False},
+           "engine": {"max_num_seqs": 4}, "admission": {"type": "bounded_queue", "max_queue": 2},
+           "multimodal": {"encoder": "clip-vit-l-336", "mode": "inline", "cache_images": 0},
+           "workload": {"type": "poisson", "stages": [{"rate": 50, "duration_s": 4}], "input_len": 100,
+                        "output_len": 300, "images": {"per_request": 1, "tokens_per_image": 576}}}
+    r = run(cfg)
+    assert r.summary["requests"]["rejected"] > 0
+    assert r.summary["multimodal"]["encoded_images"] == len(r.requests)           # one image per served request
