@@ -202,12 +202,13 @@ def schema() -> None:
 
 @catalog_app.command("gpus")
 def catalog_gpus(as_json: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
-    """GPUs with peak FLOP/s, memory, bandwidth and ridge points."""
+    """GPUs with peak FLOP/s, memory, bandwidth and ridge points (16-bit: bf16, or fp16 where a part lacks bf16)."""
     from experiments.tables import gpu_rows, print_rows
 
     rows = gpu_rows()
-    _print_json(rows) if as_json else print_rows("GPUs", rows, ["name", "memory_gb", "memory_bw_gbps", "bf16_tflops",
-                                                                "fp8_tflops", "ridge_bf16", "scaleup", "price_per_hour"])
+    _print_json(rows) if as_json else print_rows("GPUs", rows, ["name", "memory_gb", "memory_bw_gbps", "half_dtype",
+                                                                "half_tflops", "fp8_tflops", "ridge_half", "scaleup",
+                                                                "price_per_hour"])
 
 
 @catalog_app.command("links")

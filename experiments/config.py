@@ -149,6 +149,15 @@ class EngineSection(_Model):
                           "Default: the engine profile's setting.")
 
 
+class EnergySection(_Model):
+    """How a run's energy is charged (summary `energy`)."""
+
+    power_w: float | None = Field(None, gt=0, allow_inf_nan=False,
+                                  description="Watts per GPU while it steps; default: the catalogue TDP (edge "
+                                              "devices without one report no energy unless this is given).")
+    idle_fraction: float = Field(0.0, ge=0, le=1, description="Power of an idle GPU as a fraction of power_w.")
+
+
 class SimSection(_Model):
     """How the simulator itself runs."""
 
@@ -327,6 +336,7 @@ class RunConfig(_Model):
     router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the router.")
     seed: int = Field(0, description="Seed of every random stream in the run.")
     sim: SimSection = Field(default_factory=SimSection, description="Simulator settings.")
+    energy: EnergySection = Field(default_factory=EnergySection, description="Power per GPU and idle power.")
     result_cache: Annotated[dict[str, Any] | None, AfterValidator(_check_result_cache)] = Field(
         None, description="A response cache in front of the engine (kind 'result_cache'): {type: exact, capacity: "
                           "100000} (same prompt answered before) or {type: semantic, hit_rate: 0.3} (similar "

@@ -107,7 +107,9 @@ def energy_section(dep: Deployment, records: dict, sim_time: float) -> dict:
             # an autoscaled pool holds only the GPUs it has switched on: the billed GPU-hours, as a mean count
             gpus = dep.scaler.gpu_hours(sim_time) * 3600.0 / sim_time
         busy = sum(len(p.gpus) * _busy_s(b, pipe, sim_time) for p, b, pipe in per_placement.values()) / gpus if gpus else 0.0
-        parts.append(energy_summary(pool.plan.cost.gpu.tdp_w, gpus, busy, sim_time, tokens))
+        e = dep.cfg.energy
+        power = e.power_w if e.power_w is not None else pool.plan.cost.gpu.tdp_w
+        parts.append(energy_summary(power, gpus, busy, sim_time, tokens, idle_fraction=e.idle_fraction))
     if len(parts) == 1:
         return parts[0]
     gpus = sum(p["gpus"] for p in parts)

@@ -34,8 +34,12 @@ def gpu_rows() -> list[dict]:
     for g in list_gpus():
         peaks = {f"{d}_tflops": v for d, v in g.peak_tflops.items()}
         ridges = {f"ridge_{d}": g.ridge_point(d) for d in g.peak_tflops if g.peak_tflops[d]}
+        # the 16-bit rate the part serves at: bf16, or fp16 on parts without bf16 (T4, V100, some edge SoCs)
+        half = "bf16" if g.peak_tflops.get("bf16") else "fp16" if g.peak_tflops.get("fp16") else None
         rows.append({"name": g.name, "display_name": g.display_name, "vendor": g.vendor, "memory_gb": g.memory_gb,
                      "usable_memory_gib": g.usable_memory_gib, "memory_bw_gbps": g.memory_bw_gbps, **peaks, **ridges,
+                     "half_tflops": g.peak_tflops.get(half) if half else None,
+                     "half_dtype": half, "ridge_half": g.ridge_point(half) if half else None,
                      "l2_mb": g.l2_mb, "scaleup": g.scaleup, "scaleup_bw_gbps": g.scaleup_bw_gbps,
                      "host_link": g.host_link, "tdp_w": g.tdp_w, "price_per_hour": g.price_per_hour,
                      "source": g.source})

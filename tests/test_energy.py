@@ -68,3 +68,18 @@ def test_a_tp_replicas_energy_per_token_charges_all_its_gpus():
     assert eight.energy_j_per_token > one.energy_j_per_token        # more GPUs per token, not fewer
     with pytest.raises(ConfigError, match="finite number > 0"):
         estimate("llama-3.1-8b", "h100", context=10, power_w=float("nan"))
+
+
+def test_a_run_config_sets_the_power_and_idle_fraction_it_charges():
+    from experiments.runner import run
+
+    wl = {"type": "poisson", "stages": [{"rate": 0.5, "duration_s": 20}], "input_len": 100, "output_len": 20}
+    base = {"model": "llama-3.2-1b", "sim": {"progress": False}, "workload": wl}
+    edge = run({**base, "hardware": {"gpu": "apple-m2"}})
+    assert edge.summary["energy"]["energy_j"] is None                  # no TDP in the catalogue
+    given = run({**base, "hardware": {"gpu": "apple-m2"}, "energy": {"power_w": 20, "idle_fraction": 0.25}})
+    e = given.summary["energy"]
+    sim = given.summary["sim"]["simulated_time_s"]
+    assert e["energy_j"] == pytest.approx(20 * (e["busy_s"] + 0.25 * (sim - e["busy_s"])), rel=1e-9)
+    with pytest.raises(ConfigError, match="energy.power_w"):
+        run({**base, "hardware": {"gpu": "apple-m2"}, "energy": {"power_w": float("inf")}})

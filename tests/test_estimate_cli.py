@@ -198,6 +198,9 @@ def test_catalog_gpus_json_lists_ridge_points_per_dtype():
     assert a100["ridge_bf16"] == pytest.approx(312e12 / 2039e9, rel=0.02)
     assert a100["ridge_int8"] == pytest.approx(2 * a100["ridge_bf16"], rel=1e-9)
     assert "ridge_fp8" in rows["h100-sxm-80gb"]
+    # parts without bf16 show their fp16 rate as the 16-bit one (the table's compute column is never blank)
+    assert rows["t4"]["half_dtype"] == "fp16" and rows["t4"]["half_tflops"] == rows["t4"]["fp16_tflops"]
+    assert all(r["half_tflops"] for r in rows.values())
     for r in rows.values():
         ridges = {k: v for k, v in r.items() if k.startswith("ridge_")}
         assert ridges, r["name"]
