@@ -80,6 +80,14 @@ class DeploymentConfig(_Model):
                                                          "fabric); refused by default.")
 
 
+def _own_router_options(group, what: str):
+    """A pool's or cascade tier's router_options belong to its own router: refuse them without one."""
+    if group.router_options and not group.router:
+        raise ValueError(f"router_options configure the {what}'s own router: set router too (the top-level "
+                         f"router takes the top-level router_options)")
+    return group
+
+
 class PoolConfig(_Model):
     """One pool of a disaggregated deployment."""
 
@@ -91,10 +99,7 @@ class PoolConfig(_Model):
 
     @model_validator(mode="after")
     def _options_need_a_router(self) -> PoolConfig:
-        if self.router_options and not self.router:
-            raise ValueError("router_options configure the pool's own router: set router too (the top-level "
-                             "router takes the top-level router_options)")
-        return self
+        return _own_router_options(self, "pool")
 
 
 class KVTransferConfig(_Model):
@@ -190,19 +195,16 @@ class CascadeTier(_Model):
     gpu: str | None = Field(None, description="GPU of the tier (default: hardware.gpu).")
     router: str | None = Field(None, description="Router within the tier (default: the top-level router).")
     router_options: dict[str, Any] = Field(default_factory=dict, description="Options of the tier's own router.")
-
-    @model_validator(mode="after")
-    def _options_need_a_router(self) -> CascadeTier:
-        if self.router_options and not self.router:
-            raise ValueError("router_options configure the tier's own router: set router too (the top-level "
-                             "router takes the top-level router_options)")
-        return self
     max_difficulty: float | None = Field(
         None, gt=0, le=1, description="Requests with difficulty <= this (and above the previous tier's) go here; "
                                       "None (the last tier): everything harder.")
     escalate_fraction: float = Field(
         0.0, ge=0, lt=1, description="Fraction of this tier's answers judged inadequate and re-sent to the next "
                                      "tier after they finish (both runs are paid; latency counts from arrival).")
+
+    @model_validator(mode="after")
+    def _options_need_a_router(self) -> CascadeTier:
+        return _own_router_options(self, "tier")
 
 
 class CascadeConfig(_Model):

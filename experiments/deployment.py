@@ -362,15 +362,8 @@ class Deployment:
         return own.router_options
 
     def _router_name(self, pool: str) -> str:
-        if self.cfg.pools is not None:
-            own = getattr(self.cfg.pools, pool).router
-            if own:
-                return own
-        if self.cfg.cascade is not None:
-            own = next(t.router for t in self.cfg.cascade.tiers if t.name == pool)
-            if own:
-                return own
-        return self.cfg.router
+        own = self._own_router(pool)
+        return own.router if own is not None else self.cfg.router
 
     def _allreduce(self, gpus, gpu_name: str, tp: int):
         """The placement's all-reduce (bandwidth, latency) when its path is not the GPU's own scale-up fabric

@@ -341,7 +341,8 @@ def run_points(source: str | Path | dict, fn: Callable, *, columns: list[str] | 
     first. A failing point raises (a study wants all its points)."""
     spec, base, _ = load_sweep(source)
     points = expand(spec)
-    tasks = [(i, (resolve_point(base, p, _folder(source))[0], spec.slo)) for i, p in enumerate(points)]
+    here = _folder(source)
+    tasks = [(i, (resolve_point(base, p, here)[0], spec.slo)) for i, p in enumerate(points)]
     rows: dict[int, dict] = {}
     for i, res in execute(fn, tasks, workers=workers):
         if isinstance(res, BaseException):
@@ -363,6 +364,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
         if stale.is_file():
             stale.unlink(missing_ok=True)
     points = expand(spec)
+    here = _folder(source)
     slo = spec.slo.model_dump(mode="json") if spec.slo else None
 
     ids: list[str] = []
@@ -371,7 +373,7 @@ def run_sweep(source: str | Path | dict, out_dir: str | Path, *, executor: str =
     skipped = 0
     for point in points:
         try:
-            cfg, trace = resolve_point(base, point, _folder(source))
+            cfg, trace = resolve_point(base, point, here)
         except ServesimError as exc:
             rid = "invalid-" + hashlib.sha256(json.dumps(point, sort_keys=True, default=str).encode()).hexdigest()[:8]
             ids.append(rid)
